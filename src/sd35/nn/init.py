@@ -20,11 +20,13 @@ def randomize_(module: nn.Module, seed: int) -> nn.Module:
     generator = torch.Generator(device="cpu").manual_seed(seed)
     tensors = dict(module.named_parameters())
     tensors.update((n, b) for n, b in module.named_buffers() if b.is_floating_point())
+    tables = {f"{n}.weight" for n, m in module.named_modules() if isinstance(m, nn.Embedding)}
+    tables.update(n for n in tensors if n.rsplit(".", 1)[-1] == "pos_embed")
     for name in sorted(tensors):
         tensor = tensors[name]
         values = torch.empty(tensor.shape, dtype=torch.float32)
         leaf = name.rsplit(".", 1)[-1]
-        if "embed" in name and tensor.ndim >= 2 and "proj" not in name and "mlp" not in name:
+        if name in tables:
             values.normal_(0.0, 0.5, generator=generator)
         elif tensor.ndim >= 2:
             fan_in = math.prod(tensor.shape[1:])
