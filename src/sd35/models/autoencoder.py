@@ -26,9 +26,7 @@ def _norm(channels: int, factory: _Factory) -> nn.GroupNorm:
     return nn.GroupNorm(GROUPS, channels, eps=NORM_EPS, affine=True, **factory)
 
 
-def _conv(
-    c_in: int, c_out: int, kernel: int, factory: _Factory, stride: int = 1, padding: int = 0
-) -> nn.Conv2d:
+def _conv(c_in: int, c_out: int, kernel: int, factory: _Factory, stride: int = 1, padding: int = 0) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, **factory)
 
 
