@@ -19,7 +19,10 @@ from sd35.workflow import (
     ExecutionInterrupted,
     ExecutionStart,
     ExecutionSuccess,
+    InputSpec,
     NodeExecutionError,
+    NodeRegistry,
+    NodeSpec,
     OutputCache,
     Progress,
     WorkflowCancelled,
@@ -284,22 +287,18 @@ def test_a_failing_event_sink_does_not_stop_the_run() -> None:
 
 def test_extra_data_reaches_nodes_through_the_context() -> None:
     seen: dict[str, Any] = {}
-    world = ToyWorld()
-    spec = world.registry.get("ShowNumber")
 
     def capture(x: float, context: Any) -> dict:
         seen.update(extra=dict(context.extra), prompt=dict(context.prompt), node=context.node_id, pid=context.prompt_id)
-        return spec.function(x=x, context=context)
+        return {"ui": {"value": [x]}}
 
-    world.registry._specs["ShowNumber"] = type(spec)(**{**spec.__dict__, "function": capture})
-    execute(
-        chain_prompt(),
-        world.registry,
-        cache=OutputCache(),
-        prompt_id="q",
-        extra={"extra_pnginfo": {"workflow": {"nodes": []}}},
-    )
-    assert seen["extra"] == {"extra_pnginfo": {"workflow": {"nodes": []}}} and seen["node"] == "8"
+    world = ToyWorld()
+    registry = NodeRegistry([world.registry.get(t) for t in ("Number", "Add", "Scale")])
+    registry.register(NodeSpec("Capture", (InputSpec("x", "NUMBER"),), (), capture, output_node=True))
+    prompt = {k: v for k, v in chain_prompt().items() if k in ("1", "2", "3", "4")}
+    prompt["5"] = {"class_type": "Capture", "inputs": {"x": link("4")}}
+    execute(prompt, registry, cache=OutputCache(), prompt_id="q", extra={"extra_pnginfo": {"workflow": {"nodes": []}}})
+    assert seen["extra"] == {"extra_pnginfo": {"workflow": {"nodes": []}}} and seen["node"] == "5"
     assert seen["prompt"]["4"] == {"inputs": {"x": ["3", 0], "factor": 10.0}, "class_type": "Scale"}
     assert seen["pid"] == "q"
 

@@ -238,3 +238,18 @@ def test_empty_choice_list_hints_at_missing_files() -> None:
     )
     error = validate({"1": {"class_type": "Pick", "inputs": {"f": "x.safetensors"}}}, registry).node_errors["1"]
     assert "no choices are available" in error["errors"][0]["details"]
+
+
+def test_custom_validation_runs_after_the_built_in_checks() -> None:
+    def layers_ok(layers: str) -> bool | str:
+        parts = [p.strip() for p in layers.split(",")]
+        return all(p.isdigit() for p in parts) or f"layers must be comma-separated numbers, got {layers!r}"
+
+    spec = NodeSpec(
+        "SLG", (InputSpec("layers", "STRING"),), (), lambda **k: (), output_node=True, validate_inputs=layers_ok
+    )
+    registry = NodeRegistry([spec])
+    assert validate({"1": {"class_type": "SLG", "inputs": {"layers": "7, 8, 9"}}}, registry).ok
+    bad = validate({"1": {"class_type": "SLG", "inputs": {"layers": "7, eight"}}}, registry)
+    error = bad.node_errors["1"]["errors"][0]
+    assert error["type"] == "custom_validation_failed" and "got '7, eight'" in error["details"]

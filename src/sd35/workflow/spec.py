@@ -91,7 +91,9 @@ class NodeSpec:
     `hidden` names hidden inputs the executor supplies ("prompt", "extra_pnginfo", "unique_id").
     `fingerprint(**literal_inputs)` is ComfyUI's IS_CHANGED: its value joins the cache key, so a node
     that reads an external file can return e.g. the file's mtime; NaN means "always re-run".
-    `not_idempotent` adds the node id to the cache key (two identical nodes never share outputs)."""
+    `not_idempotent` adds the node id to the cache key (two identical nodes never share outputs).
+    `validate_inputs(**literal_inputs)` is ComfyUI's VALIDATE_INPUTS: called after the built-in checks
+    pass, it returns True, or False / a message that is reported as custom_validation_failed."""
 
     class_type: str
     inputs: tuple[InputSpec, ...]
@@ -104,6 +106,7 @@ class NodeSpec:
     hidden: tuple[str, ...] = ()
     fingerprint: Callable[..., Any] | None = None
     not_idempotent: bool = False
+    validate_inputs: Callable[..., bool | str] | None = None
     python_module: str = "nodes"
     deprecated: bool = False
     experimental: bool = False

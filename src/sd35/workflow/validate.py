@@ -213,6 +213,12 @@ def _check_node(node: GraphNode, spec: NodeSpec, graph: Graph, registry: NodeReg
             problem = _check_literal(node, input_spec)
         if problem is not None:
             errors.append(problem)
+    if not errors and spec.validate_inputs is not None:
+        literals = {k: v for k, v in node.inputs.items() if spec.input(k) is not None and not isinstance(v, Link)}
+        verdict = spec.validate_inputs(**literals)
+        if verdict is not True:
+            details = verdict if isinstance(verdict, str) else "the node rejected its inputs"
+            errors.append(_error("custom_validation_failed", "Custom validation failed for node", details))
     return errors
 
 
