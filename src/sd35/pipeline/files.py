@@ -1,0 +1,178 @@
+"""Finding the model files a user has and turning them into Components.
+
+Usual names (Stability's release and ComfyUI's folders): `sd3.5_medium.safetensors` (MMDiT + VAE),
+`clip_l.safetensors`, `clip_g.safetensors`, `t5xxl_fp16.safetensors` / `t5xxl_fp8_e4m3fn*.safetensors`;
+a models folder may hold them directly or in ComfyUI's `checkpoints/`, `clip/`, `text_encoders/`, `vae/`
+subfolders; a diffusers-format folder (model_index.json) holds everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from sd35.errors import UserInputError
+from sd35.loading.detect import ComponentInfo, detect_components
+from sd35.loading.load import load_component
+from sd35.pipeline.components import VAE, Components, DiffusionModel, TextStack
+from sd35.runtime.devices import DevicePolicy
+from sd35.text.encode import TextEncoders
+from sd35.text.tokenizers import load_tokenizers
+
+log = logging.getLogger(__name__)
+
+MODEL_NAMES = ("sd3.5_medium.safetensors", "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors")
+CLIP_L_NAMES = ("clip_l.safetensors",)
+CLIP_G_NAMES = ("clip_g.safetensors",)
+T5_NAMES = (
+    "t5xxl_fp16.safetensors",
+    "t5xxl_fp8_e4m3fn.safetensors",
+    "t5xxl_fp8_e4m3fn_scaled.safetensors",
+    "t5xxl.safetensors",
+)
+SUBFOLDERS = ("", "checkpoints", "diffusion_models", "unet", "text_encoders", "clip", "vae")
+TINY_CACHE_VERSION = "tiny-v1"
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where each component comes from; None = absent (a missing text encoder is allowed)."""
+
+    model: Path
+    vae: Path | None = None  # None: the VAE inside `model`
+    clip_l: Path | None = None
+    clip_g: Path | None = None
+    t5xxl: Path | None = None
+
+
+def _find(root: Path, names: tuple[str, ...]) -> Path | None:
+    for sub in SUBFOLDERS:
+        for name in names:
+            candidate = root / sub / name
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def find_model_files(models_dir: str | Path) -> ModelFiles:
+    """Locate the usual files in `models_dir` (flat, ComfyUI layout, or a diffusers folder)."""
+    root = Path(models_dir).expanduser()
+    if not root.is_dir():
+        raise UserInputError(f"models folder not found: {root}")
+    if (root / "model_index.json").is_file():
+        return ModelFiles(model=root)
+    model = _find(root, MODEL_NAMES)
+    if model is None:
+        raise UserInputError(
+            f"no SD3.5 Medium checkpoint in {root} (looked for {', '.join(MODEL_NAMES)} there and in "
+            f"{', '.join(s for s in SUBFOLDERS if s)}/); pass --model FILE"
+        )
+    return ModelFiles(
+        model=model,
+        clip_l=_find(root, CLIP_L_NAMES),
+        clip_g=_find(root, CLIP_G_NAMES),
+        t5xxl=_find(root, T5_NAMES),
+    )
+
+
+def tiny_models_dir() -> Path:
+    """Where the embedded tiny random-weight model lives: $SD35_CACHE_DIR or ~/.cache/sd35, per version."""
+    base = os.environ.get("SD35_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "sd35"
+    )
+    return Path(base) / TINY_CACHE_VERSION
+
+
+def ensure_tiny_models() -> ModelFiles:
+    """Make the tiny random-weight model on first use (atomically: built aside, then renamed) and find it."""
+    from sd35.loading.tiny import make_tiny
+
+    target = tiny_models_dir()
+    if not (target / MODEL_NAMES[0]).is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.parent / f".{target.name}.{os.getpid()}"
+        make_tiny(staging, diffusers=False)
+        try:
+            os.replace(staging, target)
+        except OSError:  # another process won the race; use its copy
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
+    return find_model_files(target)
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """Metadata-only view of the files (no tensor data read): what each holds, before any weight loads."""
+
+    files: ModelFiles
+    components: dict[str, ComponentInfo]
+
+    @property
+    def max_image_side(self) -> int:
+        config = self.components["mmditx"].config
+        return config.pos_embed_max_size * config.patch_size * 8
+
+
+def _detect_one(path: Path, wanted: str) -> ComponentInfo:
+    found = {info.component: info for info in detect_components(path)}
+    if wanted in found:
+        return found[wanted]
+    if wanted in ("clip_l", "clip_g") and {"clip_l", "clip_g"} & found.keys():
+        other = next(iter({"clip_l", "clip_g"} & found.keys()))
+        return replace(found[other], component=wanted)  # a bare CLIP file: its role is the slot it is in
+    held = ", ".join(sorted(found)) or "nothing sd35 recognises"
+    raise UserInputError(f"{path} was given as {wanted} but holds {held}")
+
+
+def preflight(files: ModelFiles, *, use_t5: bool = True) -> Preflight:
+    """Check every file holds what its slot needs; text encoders inside the checkpoint fill empty slots."""
+    components: dict[str, ComponentInfo] = {}
+    in_model = {info.component: info for info in detect_components(files.model)}
+    if "mmditx" not in in_model:
+        held = ", ".join(sorted(in_model)) or "nothing sd35 recognises"
+        raise UserInputError(f"{files.model} holds no diffusion model (it holds {held})")
+    components["mmditx"] = in_model["mmditx"]
+    if files.vae is not None:
+        components["vae"] = _detect_one(files.vae, "vae")
+    elif "vae" in in_model:
+        components["vae"] = in_model["vae"]
+    else:
+        raise UserInputError(f"{files.model} holds no VAE; pass --vae FILE")
+    for slot in ("clip_l", "clip_g", "t5xxl"):
+        if slot == "t5xxl" and not use_t5:
+            continue
+        path = getattr(files, slot)
+        if path is not None:
+            components[slot] = _detect_one(path, slot)
+        elif slot in in_model:
+            components[slot] = in_model[slot]
+    if not {"clip_l", "clip_g", "t5xxl"} & components.keys():
+        raise UserInputError("no text encoder found: give at least one of --clip-l, --clip-g, --t5xxl")
+    return Preflight(files=files, components=components)
+
+
+def load_components(pre: Preflight, policy: DevicePolicy, *, tokenizer_dir: Path | None = None) -> Components:
+    """Load every detected component (CPU first; stages move them to the device as needed)."""
+    found = pre.components
+
+    def load(slot: str, dtype):  # noqa: ANN001, ANN202
+        info = found[slot]
+        log.info("loading %s from %s", slot, info.path)
+        return load_component(info.path, slot, dtype=dtype)
+
+    network = load("mmditx", policy.dtype)
+    vae = load("vae", policy.vae_dtype)
+    encoders = TextEncoders(
+        clip_l=load("clip_l", policy.text_dtype) if "clip_l" in found else None,
+        clip_g=load("clip_g", policy.text_dtype) if "clip_g" in found else None,
+        t5=load("t5xxl", policy.text_dtype) if "t5xxl" in found else None,
+        context_dim=network.config.context_in_dim,
+    )
+    text = TextStack(encoders=encoders, tokenizers=load_tokenizers(tokenizer_dir))
+    name = pre.files.model.name
+    return Components(
+        diffusion=DiffusionModel(network=network, name=name), text=text, vae=VAE(vae), policy=policy
+    )

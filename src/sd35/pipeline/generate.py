@@ -1,0 +1,199 @@
+"""The library call behind `sd35 generate`, the workflow nodes and the server.
+
+Stages (each usable alone, as ComfyUI's nodes use them): encode_prompt → sample_latents → decode_latents,
+plus encode_images for img2img. Latents crossing these functions are in VAE space, like ComfyUI's LATENT;
+the model-space conversion (SD3 latent format) happens inside sample_latents, as in ComfyUI's KSampler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+
+from sd35.errors import UserInputError
+from sd35.models.vae_tiling import needs_tiling, tiled_decode, tiled_encode
+from sd35.pipeline.components import VAE, Components, DiffusionModel, TextStack
+from sd35.pipeline.conditioning import CondList, negative_for_request, single
+from sd35.pipeline.denoiser import Guidance, make_denoise_fn
+from sd35.pipeline.request import GenerationRequest
+from sd35.runtime.devices import DevicePolicy, on_device, stream_blocks
+from sd35.sampling.noise import seeded_noise
+from sd35.sampling.samplers import StepInfo, sample
+from sd35.sampling.schedule import ModelSampling, get_sigmas, sigmas_for_denoise
+from sd35.types import Conditioning
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[StepInfo], None]
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """KSampler / KSamplerAdvanced inputs (ComfyUI `nodes.py` common_ksampler)."""
+
+    seed: int = 0
+    steps: int = 40
+    cfg: float = 5.5
+    sampler: str = "dpmpp_2m"
+    scheduler: str = "sgm_uniform"
+    denoise: float = 1.0
+    add_noise: bool = True
+    start_step: int | None = None  # KSamplerAdvanced start_at_step
+    end_step: int | None = None  # KSamplerAdvanced end_at_step
+    leftover_noise: bool = False  # KSamplerAdvanced return_with_leftover_noise
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    images: torch.Tensor  # [B, H, W, 3] float32 in [0, 1], on the CPU
+    latents: torch.Tensor  # [B, 16, H/8, W/8] in VAE space, on the CPU
+    warnings: tuple[str, ...] = ()
+
+
+def max_image_side(diffusion: DiffusionModel) -> int:
+    """Largest width/height (px) the model's position table covers: table side × patch × 8."""
+    config = diffusion.network.config
+    return config.pos_embed_max_size * config.patch_size * 8
+
+
+def encode_prompt(text: TextStack, prompt: str, policy: DevicePolicy) -> tuple[Conditioning, tuple[str, ...]]:
+    """Prompt → Conditioning (context [1, L, C], pooled [1, P]) and the tokenizer's warnings (>256 T5)."""
+    encoders = text.encoders
+    modules = [m for m in (encoders.clip_l, encoders.clip_g, encoders.t5) if m is not None]
+    with contextlib.ExitStack() as stack:
+        for module in modules:
+            stack.enter_context(on_device(module, policy))
+        result = text.cache.encode(encoders, text.tokenizers, prompt)
+    for warning in result.warnings:
+        log.warning("%s", warning)
+    return result.conditioning, tuple(result.warnings)
+
+
+def _schedule(diffusion: DiffusionModel, settings: SamplingSettings) -> torch.Tensor:
+    ms = diffusion.model_sampling
+    if settings.start_step is None and settings.end_step is None:
+        return sigmas_for_denoise(settings.scheduler, settings.steps, settings.denoise, ms)
+    sigmas = get_sigmas(settings.scheduler, settings.steps, ms)
+    end = settings.steps if settings.end_step is None else settings.end_step
+    start = settings.start_step or 0
+    if end < settings.steps:
+        sigmas = sigmas[: end + 1].clone()
+        if not settings.leftover_noise:
+            sigmas[-1] = 0.0
+    return sigmas[start:]
+
+
+def sample_latents(
+    diffusion: DiffusionModel,
+    positive: CondList,
+    negative: CondList,
+    latent: torch.Tensor,
+    settings: SamplingSettings,
+    policy: DevicePolicy,
+    on_step: StepCallback | None = None,
+) -> torch.Tensor:
+    """ComfyUI KSampler: VAE-space latent [B,16,h,w] in → VAE-space latent out (CPU, fp32).
+
+    Noise is `torch.randn` on a CPU generator seeded with the seed (ComfyUI `prepare_noise`); an all-zero
+    latent is not passed through the latent format (ComfyUI `CFGGuider.inner_sample`); the start is
+    σ0·noise + (1 − σ0)·latent (CONST noise scaling).
+    """
+    sigmas = _schedule(diffusion, settings)
+    latent = latent.to(torch.float32).cpu()
+    noise = (
+        seeded_noise(tuple(latent.shape), settings.seed) if settings.add_noise else torch.zeros_like(latent)
+    )
+    if len(sigmas) < 2:  # nothing to do (denoise 0 or an empty step range)
+        return latent
+    fmt = diffusion.latent_format
+    empty = not bool(torch.count_nonzero(latent))
+    model_latent = latent if empty else fmt.to_model(latent)
+    network = diffusion.network
+    device = policy.device
+    x = sigmas[0] * noise + (1.0 - sigmas[0]) * model_latent
+    guidance = Guidance(cfg=settings.cfg, slg=diffusion.slg, num_steps=len(sigmas) - 1)
+    denoise = make_denoise_fn(network, positive, negative, guidance, diffusion.model_sampling)
+    placement = (
+        stream_blocks(network, list(network.joint_blocks), policy)
+        if policy.lowvram
+        else on_device(network, policy)
+    )
+    with placement:
+        x = sample(
+            settings.sampler, denoise, x.to(device), sigmas.to(device), seed=settings.seed, on_step=on_step
+        )
+    last = float(sigmas[-1])
+    if last > 0:  # CONST inverse noise scaling (identity when the schedule ends at 0)
+        x = x / (1.0 - last)
+    return fmt.to_vae(x.float().cpu())
+
+
+def decode_latents(
+    vae: VAE, latents: torch.Tensor, policy: DevicePolicy, tiled: bool | None = None
+) -> torch.Tensor:
+    """VAE-space latents [B,16,h,w] → images [B, 8h, 8w, 3] float32 in [0, 1] on the CPU (ComfyUI VAEDecode)."""
+    auto = vae.autoencoder
+    with on_device(auto, policy), torch.no_grad():
+        z = latents.to(policy.device, policy.vae_dtype)
+        use_tiles = needs_tiling(z.shape[-2] * 8, z.shape[-1] * 8) if tiled is None else tiled
+        images = tiled_decode(auto, z) if use_tiles else auto.decode(z)
+    images = ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+    return images.permute(0, 2, 3, 1).cpu()
+
+
+def encode_images(
+    vae: VAE, images: torch.Tensor, policy: DevicePolicy, tiled: bool | None = None
+) -> torch.Tensor:
+    """Images [B, H, W, C≥3] in [0, 1] → VAE-space latents (posterior mean), as ComfyUI VAEEncode.
+
+    H and W are centre-cropped down to multiples of 8 (ComfyUI `vae_encode_crop_pixels`).
+    """
+    h, w = images.shape[1] // 8 * 8, images.shape[2] // 8 * 8
+    if h == 0 or w == 0:
+        raise UserInputError(f"image {images.shape[2]}x{images.shape[1]} is too small to encode (min 8x8)")
+    top, left = (images.shape[1] - h) // 2, (images.shape[2] - w) // 2
+    pixels = images[:, top : top + h, left : left + w, :3].permute(0, 3, 1, 2)
+    auto = vae.autoencoder
+    with on_device(auto, policy), torch.no_grad():
+        x = (pixels.to(policy.device, policy.vae_dtype) * 2.0 - 1.0).contiguous()
+        use_tiles = needs_tiling(h, w) if tiled is None else tiled
+        z = tiled_encode(auto, x) if use_tiles else auto.encode(x)
+    return z.float().cpu()
+
+
+def generate(
+    components: Components, request: GenerationRequest, on_step: StepCallback | None = None
+) -> GenerationResult:
+    """txt2img / img2img for one request → images and latents (no files, no PIL)."""
+    request.validate(max_image_side(components.diffusion))
+    policy = components.policy
+    cond, warnings = encode_prompt(components.text, request.prompt, policy)
+    uncond, _ = encode_prompt(components.text, request.negative_prompt, policy)
+    positive = single(cond)
+    negative = negative_for_request(uncond, request.negative_zero_after)
+    h, w = request.height // 8, request.width // 8
+    if request.init_image is not None:
+        image = torch.as_tensor(request.init_image, dtype=torch.float32)
+        if image.ndim == 3:
+            image = image.unsqueeze(0)
+        latent = encode_images(components.vae, image, policy).repeat(request.batch_size, 1, 1, 1)
+    else:
+        latent = torch.zeros(request.batch_size, 16, h, w)
+    diffusion = replace(
+        components.diffusion, model_sampling=ModelSampling(shift=request.shift), slg=request.slg
+    )
+    settings = SamplingSettings(
+        seed=request.seed,
+        steps=request.steps,
+        cfg=request.cfg,
+        sampler=request.sampler,
+        scheduler=request.scheduler,
+        denoise=request.denoise,
+    )
+    latents = sample_latents(diffusion, positive, negative, latent, settings, policy, on_step)
+    images = decode_latents(components.vae, latents, policy)
+    return GenerationResult(images=images, latents=latents, warnings=warnings)

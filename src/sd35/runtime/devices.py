@@ -1,0 +1,125 @@
+"""Explicit device and dtype policy: where each component lives and computes. No globals, no probing at import."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """'auto' / None → cuda when available, else mps, else cpu; otherwise the named device."""
+    if name in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPUs (bf16 matmuls there are emulated)."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+@dataclass(frozen=True)
+class DevicePolicy:
+    """Where components run and in which dtype.
+
+    `text_dtype` is never fp16: T5-XXL overflows there (sd3.5 reference and ComfyUI run it in fp32/bf16).
+    `offload` moves each component back to `offload_device` once its stage is done (text encoders after
+    encoding, MMDiT after sampling); `lowvram` additionally streams MMDiT blocks one at a time.
+    """
+
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32  # MMDiT compute dtype
+    vae_dtype: torch.dtype = torch.float32
+    text_dtype: torch.dtype = torch.float32
+    offload: bool = False
+    lowvram: bool = False
+    offload_device: torch.device = torch.device("cpu")
+
+    @classmethod
+    def create(
+        cls, device: str | None = None, dtype: str | None = None, *, lowvram: bool = False
+    ) -> DevicePolicy:
+        dev = resolve_device(device)
+        if dtype not in (None, "auto") and dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)} or auto")
+        compute = DTYPES[dtype] if dtype not in (None, "auto") else default_dtype(dev)
+        text = torch.bfloat16 if compute == torch.float16 and dev.type == "cuda" else compute
+        if text == torch.float16:
+            text = torch.float32
+        # the SD3 VAE is fine in bf16 and fp32; fp16 decodes of large images can overflow
+        vae = torch.float32 if compute == torch.float16 else compute
+        return cls(
+            device=dev,
+            dtype=compute,
+            vae_dtype=vae,
+            text_dtype=text,
+            offload=dev.type != "cpu",
+            lowvram=lowvram,
+        )
+
+
+@contextlib.contextmanager
+def on_device(module: nn.Module, policy: DevicePolicy) -> Iterator[nn.Module]:
+    """Move `module` to the compute device for a stage; move it back afterwards when the policy offloads."""
+    module.to(policy.device)
+    try:
+        yield module
+    finally:
+        if policy.offload and policy.offload_device != policy.device:
+            module.to(policy.offload_device)
+
+
+@contextlib.contextmanager
+def stream_blocks(root: nn.Module, blocks: Sequence[nn.Module], policy: DevicePolicy) -> Iterator[nn.Module]:
+    """Low-VRAM mode: keep `blocks` on the offload device and move each to the GPU only for its forward.
+
+    Everything in `root` except `blocks` is moved to the compute device. The next block is copied ahead
+    (non_blocking, from pinned memory where possible) while the current one computes.
+    """
+    block_ids = {id(b) for b in blocks}
+    for child in root.children():
+        if id(child) not in block_ids and not any(id(m) in block_ids for m in child.modules()):
+            child.to(policy.device)
+    for _name, param in root.named_parameters(recurse=False):
+        param.data = param.data.to(policy.device)
+    for name, buf in root.named_buffers(recurse=False):
+        setattr(root, name, buf.to(policy.device))
+    handles = []
+    order = list(blocks)
+
+    def pre_hook(module: nn.Module, _args: object) -> None:
+        module.to(policy.device, non_blocking=True)
+        index = order.index(module)
+        if index + 1 < len(order):
+            order[index + 1].to(policy.device, non_blocking=True)
+
+    def post_hook(module: nn.Module, _args: object, _out: object) -> None:
+        module.to(policy.offload_device)
+
+    for block in order:
+        handles.append(block.register_forward_pre_hook(pre_hook))
+        handles.append(block.register_forward_hook(post_hook))
+    try:
+        yield root
+    finally:
+        for handle in handles:
+            handle.remove()
+        if policy.offload:
+            root.to(policy.offload_device)
