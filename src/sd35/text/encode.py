@@ -54,7 +54,8 @@ class TextEncoders:
         self.widths()  # validate early
 
     def widths(self) -> tuple[int, int]:
-        """(CLIP-L width, CLIP-G pooled width): real ones when loaded, derived from pooled_dim otherwise.
+        """(CLIP-L width, CLIP-G pooled width): real ones when loaded, derived from pooled_dim otherwise
+        (with both CLIPs missing only their sum, the width of the zero pooled vector, matters).
 
         Raises CheckpointError when the encoders do not fit the context / pooled widths.
         """
