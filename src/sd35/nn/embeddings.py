@@ -60,7 +60,8 @@ class VectorEmbedder(nn.Module):
 class PatchEmbed(nn.Module):
     """Non-overlapping p×p patches -> tokens in row-major (h, w) order: [B, C, H, W] -> [B, h·w, D].
 
-    H and W must be multiples of p (see `pad_to_patch_size`).
+    H and W must be multiples of p (see `pad_to_patch_size`). The tokens come back contiguous: the
+    transposed conv output would otherwise make every later LayerNorm copy its input.
     """
 
     def __init__(self, patch_size: int, in_channels: int, dim: int, *, device=None, dtype=None) -> None:
@@ -71,7 +72,7 @@ class PatchEmbed(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
+        return self.proj(x).flatten(2).transpose(1, 2).contiguous()
 
 
 def pad_to_patch_size(x: Tensor, patch_size: int) -> Tensor:
