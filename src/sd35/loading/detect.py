@@ -135,8 +135,10 @@ def _summary(index: TensorIndex, keys: tuple[str, ...]) -> tuple[str, int, int, 
             continue
         n_params += meta.numel
         by_dtype[meta.dtype] += meta.nbytes
-    dominant = by_dtype.most_common(1)[0][0] if by_dtype else "F32"
     quantization = "scaled_fp8" if scaled and any(d in FLOAT8 for d in by_dtype) else None
+    if quantization:  # name the fp8 format even where unquantized tables hold more bytes
+        by_dtype = Counter({d: n for d, n in by_dtype.items() if d in FLOAT8})
+    dominant = by_dtype.most_common(1)[0][0] if by_dtype else "F32"
     return str(DTYPES[dominant][1]).removeprefix("torch."), n_params, n_bytes, quantization
 
 
@@ -198,15 +200,17 @@ def scan_index(index: TensorIndex, folder: str | None = None) -> list[Found]:
         kind = _bare_kind(local)
         if kind is None or (kind[0] != comp and not (comp.startswith("clip") and kind[0] == "clip")):
             what = _foreign_model(local) or "not a recognisable SD3 component"
-            raise WrongComponentError(index.origin, f"the keys under {prefix!r} are {what}")
+            raise WrongComponentError(index.origin, f"the keys under {prefix!r} are {what} (expected {comp})")
         hint = (comp, f"prefix {prefix}") if comp.startswith("clip") else None
         found.append(_make(index, comp, group, prefix, kind[1], hint))
     rest = [k for k in keys if k not in claimed]
     if rest and not found:
         kind = _bare_kind(set(rest))
         if kind is None:
-            what = _foreign_model(set(rest)) or "not a recognisable SD3 model component"
-            raise WrongComponentError(index.origin, f"holds {what} (first keys: {', '.join(sorted(rest)[:3])})")
+            what = _foreign_model(set(rest))
+            first = ", ".join(sorted(rest)[:3])
+            message = f"holds {what}" if what else f"does not look like any SD3 model component (first keys: {first})"
+            raise WrongComponentError(index.origin, message)
         role = FOLDER_ROLES.get(folder or "")
         hint = (role, f"folder {folder}/") if role in ("clip_l", "clip_g") else None
         found.append(_make(index, kind[0], rest, "", "diffusers" if role else kind[1], hint))

@@ -53,7 +53,8 @@ def make_tiny(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     states = {c: tiny_state(c, seed, dtype) for c in TINY_CONFIGS}
-    metadata = {"format": "pt", "sd35_tiny": f"seed={seed}"}
+    # one metadata entry only: safetensors writes the metadata map in a per-process hash order
+    metadata = {"format": "pt"}
     checkpoint = {OFFICIAL_PREFIXES[c] + k: v for c in ("mmditx", "vae") for k, v in states[c].items()}
     paths = {"checkpoint": out / CHECKPOINT_NAME}
     save_file(checkpoint, str(paths["checkpoint"]), metadata=metadata)
