@@ -24,9 +24,13 @@ COMMANDS = {
 log = logging.getLogger("sd35")
 
 
-def _available_commands() -> dict[str, object]:
+def _available_commands(argv: list[str]) -> dict[str, object]:
+    """Import only the chosen command's module (so `sd35 tokens` never pays for torch); all of them for help."""
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    names = [chosen] if chosen in COMMANDS else list(COMMANDS)
     modules = {}
-    for name, module_name in COMMANDS.items():
+    for name in names:
+        module_name = COMMANDS[name]
         try:
             modules[name] = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -46,7 +50,8 @@ def build_parser(modules: dict[str, object]) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    modules = _available_commands()
+    argv = sys.argv[1:] if argv is None else argv
+    modules = _available_commands(argv)
     parser = build_parser(modules)
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -55,9 +55,7 @@ def active_entries(entries: Sequence[CondEntry], sigma: float, model_sampling: M
     return tuple(
         e
         for e in entries
-        if model_sampling.percent_to_sigma(e.end_percent)
-        <= sigma
-        <= model_sampling.percent_to_sigma(e.start_percent)
+        if model_sampling.percent_to_sigma(e.end_percent) <= sigma <= model_sampling.percent_to_sigma(e.start_percent)
     )
 
 
@@ -65,6 +63,4 @@ def negative_for_request(negative: Conditioning, zero_after: float | None) -> Co
     """The official workflow's negative: `negative` for percent [0, z], zeros for [z, 1]; or plain."""
     if zero_after is None:
         return single(negative)
-    return set_range(zero_out(single(negative)), zero_after, 1.0) + set_range(
-        single(negative), 0.0, zero_after
-    )
+    return set_range(zero_out(single(negative)), zero_after, 1.0) + set_range(single(negative), 0.0, zero_after)

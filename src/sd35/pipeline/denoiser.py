@@ -79,7 +79,8 @@ def make_denoise_fn(
 
     @torch.no_grad()
     def denoise(x: torch.Tensor, sigma: torch.Tensor, step: int) -> torch.Tensor:
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(())
+        # samplers may pass σ per batch element; all are equal (ComfyUI reads the first one too)
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)[0]
         s = float(sigma)
         pos = active_entries(positive, s, model_sampling)
         neg = active_entries(negative, s, model_sampling) if guidance.cfg != 1.0 else ()

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from sd35.errors import UserInputError
-from sd35.loading.detect import ComponentInfo, detect_components
+from sd35.loading.detect import ComponentInfo, detect_component, detect_components
 from sd35.loading.load import load_component
 from sd35.pipeline.components import VAE, Components, DiffusionModel, TextStack
 from sd35.runtime.devices import DevicePolicy
@@ -117,14 +117,8 @@ class Preflight:
 
 
 def _detect_one(path: Path, wanted: str) -> ComponentInfo:
-    found = {info.component: info for info in detect_components(path)}
-    if wanted in found:
-        return found[wanted]
-    if wanted in ("clip_l", "clip_g") and {"clip_l", "clip_g"} & found.keys():
-        other = next(iter({"clip_l", "clip_g"} & found.keys()))
-        return replace(found[other], component=wanted)  # a bare CLIP file: its role is the slot it is in
-    held = ", ".join(sorted(found)) or "nothing sd35 recognises"
-    raise UserInputError(f"{path} was given as {wanted} but holds {held}")
+    """What `path` holds for the `wanted` slot (a bare CLIP file takes the slot's role); errors name the file."""
+    return detect_component(path, wanted)
 
 
 def preflight(files: ModelFiles, *, use_t5: bool = True) -> Preflight:
@@ -170,9 +164,8 @@ def load_components(pre: Preflight, policy: DevicePolicy, *, tokenizer_dir: Path
         clip_g=load("clip_g", policy.text_dtype) if "clip_g" in found else None,
         t5=load("t5xxl", policy.text_dtype) if "t5xxl" in found else None,
         context_dim=network.config.context_in_dim,
+        pooled_dim=network.config.adm_in_channels,
     )
     text = TextStack(encoders=encoders, tokenizers=load_tokenizers(tokenizer_dir))
     name = pre.files.model.name
-    return Components(
-        diffusion=DiffusionModel(network=network, name=name), text=text, vae=VAE(vae), policy=policy
-    )
+    return Components(diffusion=DiffusionModel(network=network, name=name), text=text, vae=VAE(vae), policy=policy)

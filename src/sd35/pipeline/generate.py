@@ -21,6 +21,7 @@ from sd35.pipeline.conditioning import CondList, negative_for_request, single
 from sd35.pipeline.denoiser import Guidance, make_denoise_fn
 from sd35.pipeline.request import GenerationRequest
 from sd35.runtime.devices import DevicePolicy, on_device, stream_blocks
+from sd35.sampling.guidance import SkipLayerGuidance
 from sd35.sampling.noise import seeded_noise
 from sd35.sampling.samplers import StepInfo, sample
 from sd35.sampling.schedule import ModelSampling, get_sigmas, sigmas_for_denoise
@@ -87,6 +88,22 @@ def _schedule(diffusion: DiffusionModel, settings: SamplingSettings) -> torch.Te
     return sigmas[start:]
 
 
+def _usable_slg(diffusion: DiffusionModel) -> SkipLayerGuidance | None:
+    """SLG with the layers this model has (ComfyUI ignores missing blocks too, silently; we say so)."""
+    slg = diffusion.slg
+    if slg is None:
+        return None
+    depth = diffusion.network.config.depth
+    layers = tuple(layer for layer in slg.layers if layer < depth)
+    if layers != tuple(slg.layers):
+        log.warning(
+            "Skip Layer Guidance: the model has %d joint blocks; ignoring layers %s",
+            depth,
+            [layer for layer in slg.layers if layer >= depth],
+        )
+    return replace(slg, layers=layers) if layers else None
+
+
 def sample_latents(
     diffusion: DiffusionModel,
     positive: CondList,
@@ -104,9 +121,7 @@ def sample_latents(
     """
     sigmas = _schedule(diffusion, settings)
     latent = latent.to(torch.float32).cpu()
-    noise = (
-        seeded_noise(tuple(latent.shape), settings.seed) if settings.add_noise else torch.zeros_like(latent)
-    )
+    noise = seeded_noise(tuple(latent.shape), settings.seed) if settings.add_noise else torch.zeros_like(latent)
     if len(sigmas) < 2:  # nothing to do (denoise 0 or an empty step range)
         return latent
     fmt = diffusion.latent_format
@@ -115,26 +130,20 @@ def sample_latents(
     network = diffusion.network
     device = policy.device
     x = sigmas[0] * noise + (1.0 - sigmas[0]) * model_latent
-    guidance = Guidance(cfg=settings.cfg, slg=diffusion.slg, num_steps=len(sigmas) - 1)
+    guidance = Guidance(cfg=settings.cfg, slg=_usable_slg(diffusion), num_steps=len(sigmas) - 1)
     denoise = make_denoise_fn(network, positive, negative, guidance, diffusion.model_sampling)
     placement = (
-        stream_blocks(network, list(network.joint_blocks), policy)
-        if policy.lowvram
-        else on_device(network, policy)
+        stream_blocks(network, list(network.joint_blocks), policy) if policy.lowvram else on_device(network, policy)
     )
     with placement:
-        x = sample(
-            settings.sampler, denoise, x.to(device), sigmas.to(device), seed=settings.seed, on_step=on_step
-        )
+        x = sample(settings.sampler, denoise, x.to(device), sigmas.to(device), seed=settings.seed, on_step=on_step)
     last = float(sigmas[-1])
     if last > 0:  # CONST inverse noise scaling (identity when the schedule ends at 0)
         x = x / (1.0 - last)
     return fmt.to_vae(x.float().cpu())
 
 
-def decode_latents(
-    vae: VAE, latents: torch.Tensor, policy: DevicePolicy, tiled: bool | None = None
-) -> torch.Tensor:
+def decode_latents(vae: VAE, latents: torch.Tensor, policy: DevicePolicy, tiled: bool | None = None) -> torch.Tensor:
     """VAE-space latents [B,16,h,w] → images [B, 8h, 8w, 3] float32 in [0, 1] on the CPU (ComfyUI VAEDecode)."""
     auto = vae.autoencoder
     with on_device(auto, policy), torch.no_grad():
@@ -145,9 +154,7 @@ def decode_latents(
     return images.permute(0, 2, 3, 1).cpu()
 
 
-def encode_images(
-    vae: VAE, images: torch.Tensor, policy: DevicePolicy, tiled: bool | None = None
-) -> torch.Tensor:
+def encode_images(vae: VAE, images: torch.Tensor, policy: DevicePolicy, tiled: bool | None = None) -> torch.Tensor:
     """Images [B, H, W, C≥3] in [0, 1] → VAE-space latents (posterior mean), as ComfyUI VAEEncode.
 
     H and W are centre-cropped down to multiples of 8 (ComfyUI `vae_encode_crop_pixels`).
@@ -183,9 +190,7 @@ def generate(
         latent = encode_images(components.vae, image, policy).repeat(request.batch_size, 1, 1, 1)
     else:
         latent = torch.zeros(request.batch_size, 16, h, w)
-    diffusion = replace(
-        components.diffusion, model_sampling=ModelSampling(shift=request.shift), slg=request.slg
-    )
+    diffusion = replace(components.diffusion, model_sampling=ModelSampling(shift=request.shift), slg=request.slg)
     settings = SamplingSettings(
         seed=request.seed,
         steps=request.steps,

@@ -27,9 +27,7 @@ def a1111_parameters(request: GenerationRequest, model_name: str) -> str:
     ]
     if request.slg is not None:
         layers = ",".join(str(i) for i in request.slg.layers)
-        pairs.append(
-            ("SLG", f"layers {layers} scale {request.slg.scale} {request.slg.start}-{request.slg.end}")
-        )
+        pairs.append(("SLG", f"layers {layers} scale {request.slg.scale} {request.slg.start}-{request.slg.end}"))
     if request.negative_zero_after is not None:
         pairs.append(("Negative zeroed after", request.negative_zero_after))
     if request.init_image is not None:
@@ -58,9 +56,7 @@ def comfy_prompt(request: GenerationRequest, names: dict[str, str]) -> dict[str,
         ),
         "6": _node("CLIPTextEncode", text=request.prompt, clip=["11", 0]),
         "71": _node("CLIPTextEncode", text=request.negative_prompt, clip=["11", 0]),
-        "135": _node(
-            "EmptySD3LatentImage", width=request.width, height=request.height, batch_size=request.batch_size
-        ),
+        "135": _node("EmptySD3LatentImage", width=request.width, height=request.height, batch_size=request.batch_size),
         "13": _node("ModelSamplingSD3", model=["4", 0], shift=request.shift),
         "8": _node("VAEDecode", samples=["294", 0], vae=["4", 2]),
         "9": _node("SaveImage", images=["8", 0], filename_prefix="sd35"),

@@ -58,9 +58,7 @@ class GenerationRequest:
         if self.sampler not in SAMPLERS:
             raise UserInputError(f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
         if self.scheduler not in SCHEDULERS:
-            raise UserInputError(
-                f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}"
-            )
+            raise UserInputError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
         if not 0.0 <= self.denoise <= 1.0:
             raise UserInputError(f"denoise must be within [0, 1] (got {self.denoise})")
         if self.denoise < 1.0 and self.init_image is None:
