@@ -47,9 +47,7 @@ def resolve_files(args: argparse.Namespace) -> ModelFiles:
 
             raise UserInputError("--model is required when text encoders are given without --models")
         files = ModelFiles(model=args.model)
-    overrides = {
-        k: getattr(args, k) for k in ("model", "vae", "clip_l", "clip_g", "t5xxl") if getattr(args, k)
-    }
+    overrides = {k: getattr(args, k) for k in ("model", "vae", "clip_l", "clip_g", "t5xxl") if getattr(args, k)}
     files = replace(files, **overrides)
     if args.no_t5:
         files = replace(files, t5xxl=None)
@@ -69,7 +67,7 @@ def check_inputs(args: argparse.Namespace, request: GenerationRequest) -> tuple[
 def run_generation(args: argparse.Namespace, request: GenerationRequest, paths: list[Path]) -> list[Path]:
     init_name = Path(request.init_image).name if request.init_image else None
     pre, request = check_inputs(args, request)
-    policy = DevicePolicy.create(args.device, args.dtype, lowvram=args.lowvram)
+    policy = DevicePolicy.create(args.device, args.dtype, lowvram=args.lowvram, t5_on_cpu=args.t5_cpu)
     components = load_components(pre, policy, tokenizer_dir=args.tokenizers)
     with tqdm(total=request.steps, desc="sampling", unit="step", dynamic_ncols=True) as bar:
 

@@ -64,10 +64,12 @@ def max_image_side(diffusion: DiffusionModel) -> int:
 def encode_prompt(text: TextStack, prompt: str, policy: DevicePolicy) -> tuple[Conditioning, tuple[str, ...]]:
     """Prompt → Conditioning (context [1, L, C], pooled [1, P]) and the tokenizer's warnings (>256 T5)."""
     encoders = text.encoders
-    modules = [m for m in (encoders.clip_l, encoders.clip_g, encoders.t5) if m is not None]
     with contextlib.ExitStack() as stack:
-        for module in modules:
-            stack.enter_context(on_device(module, policy))
+        for module in (encoders.clip_l, encoders.clip_g):
+            if module is not None:
+                stack.enter_context(on_device(module, policy))
+        if encoders.t5 is not None:
+            stack.enter_context(on_device(encoders.t5, policy.for_t5()))
         result = text.cache.encode(encoders, text.tokenizers, prompt)
     for warning in result.warnings:
         log.warning("%s", warning)

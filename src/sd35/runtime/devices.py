@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sd35.errors import UserInputError
+
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -51,14 +53,21 @@ class DevicePolicy:
     offload: bool = False
     lowvram: bool = False
     offload_device: torch.device = torch.device("cpu")
+    t5_on_cpu: bool = False  # keep T5-XXL (~9.5 GB in bf16) in CPU memory and run it there
+
+    def for_t5(self) -> DevicePolicy:
+        """The policy T5 runs under: this one, or the CPU one when `t5_on_cpu` is set."""
+        if not self.t5_on_cpu:
+            return self
+        return DevicePolicy(device=torch.device("cpu"), dtype=self.dtype, text_dtype=self.text_dtype)
 
     @classmethod
     def create(
-        cls, device: str | None = None, dtype: str | None = None, *, lowvram: bool = False
+        cls, device: str | None = None, dtype: str | None = None, *, lowvram: bool = False, t5_on_cpu: bool = False
     ) -> DevicePolicy:
         dev = resolve_device(device)
         if dtype not in (None, "auto") and dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)} or auto")
+            raise UserInputError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)} or auto")
         compute = DTYPES[dtype] if dtype not in (None, "auto") else default_dtype(dev)
         text = torch.bfloat16 if compute == torch.float16 and dev.type == "cuda" else compute
         if text == torch.float16:
@@ -72,6 +81,7 @@ class DevicePolicy:
             text_dtype=text,
             offload=dev.type != "cpu",
             lowvram=lowvram,
+            t5_on_cpu=t5_on_cpu,
         )
 
 
