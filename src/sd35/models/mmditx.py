@@ -75,9 +75,7 @@ class DismantledBlock(nn.Module):
     scale_mlp, gate_mlp[, shift_msa2, scale_msa2, gate_msa2]); a pre-only block has (shift_msa, scale_msa).
     """
 
-    def __init__(
-        self, dim: int, *, qk_norm: bool, pre_only: bool, x_self_attn: bool, device=None, dtype=None
-    ) -> None:
+    def __init__(self, dim: int, *, qk_norm: bool, pre_only: bool, x_self_attn: bool, device=None, dtype=None) -> None:
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         self.pre_only = pre_only
@@ -97,9 +95,7 @@ class DismantledBlock(nn.Module):
             qkv2 = self.attn2.pre_attention(modulate(x_norm, mods[6], mods[7]))
         return qkv, qkv2, mods
 
-    def post_attention(
-        self, x: Tensor, attn: Tensor, attn2: Tensor | None, mods: tuple[Tensor, ...]
-    ) -> Tensor:
+    def post_attention(self, x: Tensor, attn: Tensor, attn2: Tensor | None, mods: tuple[Tensor, ...]) -> Tensor:
         """Gated residual updates: x [B, L, D], attention outputs [B, L, D] -> x [B, L, D]."""
         assert self.attn.proj is not None and self.mlp is not None, "a pre-only block has no post-attention"
         _, _, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods[:6]
@@ -113,9 +109,7 @@ class DismantledBlock(nn.Module):
 class JointBlock(nn.Module):
     """Context and image streams attending jointly, context tokens first (sd3.5 `JointBlock`)."""
 
-    def __init__(
-        self, dim: int, *, qk_norm: bool, pre_only: bool, x_self_attn: bool, device=None, dtype=None
-    ) -> None:
+    def __init__(self, dim: int, *, qk_norm: bool, pre_only: bool, x_self_attn: bool, device=None, dtype=None) -> None:
         super().__init__()
         kw = {"qk_norm": qk_norm, "device": device, "dtype": dtype}
         self.context_block = DismantledBlock(dim, pre_only=pre_only, x_self_attn=False, **kw)
@@ -246,8 +240,6 @@ class MMDiTX(nn.Module):
         if context.ndim != 3 or context.shape[-1] != config.context_in_dim or context.shape[1] == 0:
             problems.append(f"context must be [B, L>0, {config.context_in_dim}], got {list(context.shape)}")
         if not problems and not (x.shape[0] == pooled.shape[0] == context.shape[0]):
-            problems.append(
-                f"batch sizes differ: x {x.shape[0]}, pooled {pooled.shape[0]}, context {context.shape[0]}"
-            )
+            problems.append(f"batch sizes differ: x {x.shape[0]}, pooled {pooled.shape[0]}, context {context.shape[0]}")
         if problems:
             raise UserInputError("MMDiTX inputs do not fit the model: " + "; ".join(problems))

@@ -67,9 +67,7 @@ class PatchEmbed(nn.Module):
     def __init__(self, patch_size: int, in_channels: int, dim: int, *, device=None, dtype=None) -> None:
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Conv2d(
-            in_channels, dim, patch_size, stride=patch_size, device=device, dtype=dtype, bias=True
-        )
+        self.proj = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size, device=device, dtype=dtype, bias=True)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x).flatten(2).transpose(1, 2).contiguous()
