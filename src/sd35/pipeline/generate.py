@@ -21,10 +21,11 @@ from sd35.pipeline.conditioning import CondList, negative_for_request, single
 from sd35.pipeline.denoiser import Guidance, make_denoise_fn
 from sd35.pipeline.request import GenerationRequest
 from sd35.runtime.devices import DevicePolicy, on_device, stream_blocks
+from sd35.sampling.flow import inverse_noise_scaling
 from sd35.sampling.guidance import SkipLayerGuidance
 from sd35.sampling.noise import seeded_noise
 from sd35.sampling.samplers import StepInfo, sample
-from sd35.sampling.schedule import ModelSampling, get_sigmas, sigmas_for_denoise
+from sd35.sampling.schedule import ModelSampling, ksampler_sigmas, sigmas_for_denoise, slice_sigmas
 from sd35.types import Conditioning
 
 log = logging.getLogger(__name__)
@@ -77,17 +78,13 @@ def encode_prompt(text: TextStack, prompt: str, policy: DevicePolicy) -> tuple[C
 
 
 def _schedule(diffusion: DiffusionModel, settings: SamplingSettings) -> torch.Tensor:
+    """ComfyUI KSampler's sigmas (denoise, and the samplers that drop the penultimate σ), then
+    KSamplerAdvanced's start/end slicing."""
     ms = diffusion.model_sampling
     if settings.start_step is None and settings.end_step is None:
-        return sigmas_for_denoise(settings.scheduler, settings.steps, settings.denoise, ms)
-    sigmas = get_sigmas(settings.scheduler, settings.steps, ms)
-    end = settings.steps if settings.end_step is None else settings.end_step
-    start = settings.start_step or 0
-    if end < settings.steps:
-        sigmas = sigmas[: end + 1].clone()
-        if not settings.leftover_noise:
-            sigmas[-1] = 0.0
-    return sigmas[start:]
+        return sigmas_for_denoise(settings.scheduler, settings.steps, settings.denoise, ms, sampler=settings.sampler)
+    sigmas = ksampler_sigmas(settings.scheduler, settings.steps, ms, sampler=settings.sampler)
+    return slice_sigmas(sigmas, settings.start_step, settings.end_step, force_full_denoise=not settings.leftover_noise)
 
 
 def _usable_slg(diffusion: DiffusionModel) -> SkipLayerGuidance | None:
@@ -132,17 +129,24 @@ def sample_latents(
     network = diffusion.network
     device = policy.device
     x = sigmas[0] * noise + (1.0 - sigmas[0]) * model_latent
-    guidance = Guidance(cfg=settings.cfg, slg=_usable_slg(diffusion), num_steps=len(sigmas) - 1)
+    # the reference's step-window SLG counts against the full step count, also for img2img
+    guidance = Guidance(cfg=settings.cfg, slg=_usable_slg(diffusion), num_steps=settings.steps)
     denoise = make_denoise_fn(network, positive, negative, guidance, diffusion.model_sampling)
     placement = (
         stream_blocks(network, list(network.joint_blocks), policy) if policy.lowvram else on_device(network, policy)
     )
     with placement:
-        x = sample(settings.sampler, denoise, x.to(device), sigmas.to(device), seed=settings.seed, on_step=on_step)
-    last = float(sigmas[-1])
-    if last > 0:  # CONST inverse noise scaling (identity when the schedule ends at 0)
-        x = x / (1.0 - last)
-    return fmt.to_vae(x.float().cpu())
+        x = sample(
+            settings.sampler,
+            denoise,
+            x.to(device),
+            sigmas.to(device),
+            seed=settings.seed,
+            on_step=on_step,
+            model_sampling=diffusion.model_sampling,
+        )
+    x = inverse_noise_scaling(x.float().cpu(), float(sigmas[-1]))  # identity when the schedule ends at 0
+    return fmt.to_vae(x)
 
 
 def decode_latents(vae: VAE, latents: torch.Tensor, policy: DevicePolicy, tiled: bool | None = None) -> torch.Tensor:
