@@ -24,10 +24,11 @@ ALLOWED: dict[str, set[str]] = {
     "text": {"models", "nn"},
     "loading": {"models", "nn", "text"},
     "runtime": set(),
-    "pipeline": {"models", "nn", "text", "sampling", "loading", "runtime"},
+    "lora": {"models", "nn", "loading"},
+    "pipeline": {"models", "nn", "text", "sampling", "loading", "runtime", "lora"},
     "imageio": set(),
     "workflow": set(),
-    "nodes": {"workflow", "pipeline", "loading", "sampling", "runtime", "imageio", "text"},
+    "nodes": {"workflow", "pipeline", "loading", "sampling", "runtime", "imageio", "text", "lora"},
     "cli": {"nodes", "workflow", "pipeline", "runtime", "imageio", "loading", "text", "server"},
     "server": {"nodes", "workflow", "pipeline", "runtime", "imageio", "text"},
 }
