@@ -36,6 +36,12 @@ def test_diffusers_folder_loads_to_the_same_weights(tiny_model_paths, component:
     assert not any(p.requires_grad for p in folder.parameters()) and not folder.training
 
 
+def test_mmap_off_gives_the_same_weights(tiny_model_paths) -> None:
+    mapped = load_component(tiny_model_paths["clip_l"], "clip_l").state_dict()
+    copied = load_component(tiny_model_paths["clip_l"], "clip_l", mmap=False).state_dict()
+    assert all(torch.equal(mapped[k], copied[k]) for k in mapped)
+
+
 def test_diffusers_folder_gives_the_same_outputs(tiny_model_paths) -> None:
     single = load_component(tiny_model_paths["checkpoint"], "mmditx")
     folder = load_component(tiny_model_paths["diffusers"] / "transformer", "mmditx")

@@ -132,3 +132,16 @@ def test_pickles_are_refused_without_unpickling(tmp_path: Path) -> None:
     named.write_bytes(b"\x00" * 64)
     with pytest.raises(UnsafeCheckpointError, match="'.ckpt' checkpoint"):
         SafetensorsFile(named)
+
+
+@pytest.mark.parametrize("target", [torch.float32, torch.bfloat16, torch.float16])
+def test_cast_reads_stream_in_chunks(tmp_path: Path, monkeypatch, target: torch.dtype) -> None:
+    import sd35.loading.safetensors_io as io
+
+    monkeypatch.setattr(io, "READ_CHUNK_BYTES", 100)  # 7 chunks of 50 fp16 values, the last one short
+    state = {"w": torch.randn(7, 49).to(torch.float16), "f8": torch.randn(333).to(torch.float8_e5m2)}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    f = SafetensorsFile(tmp_path / "w.safetensors")
+    for key, value in state.items():
+        got = f.read(key, target)
+        assert got.dtype == target and torch.equal(got, value.to(target))

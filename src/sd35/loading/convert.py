@@ -40,8 +40,10 @@ def to_diffusers(op: str, t: torch.Tensor) -> list[torch.Tensor]:
 
 def dequantize(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """fp8 weight [out, ...] times its scale (a scalar, or one value per output row), in fp32, then
-    cast to `dtype`."""
+    cast to `dtype`. An fp32 `weight` is scaled in place."""
     scale = scale.to(torch.float32)
     if scale.numel() > 1:
         scale = scale.reshape(-1, *([1] * (weight.ndim - 1)))
-    return (weight.to(torch.float32) * scale).to(dtype)
+    weight = weight.to(torch.float32)
+    weight.mul_(scale)
+    return weight.to(dtype)

@@ -40,6 +40,7 @@ FLOAT8 = {"F8_E4M3", "F8_E5M2"}
 MAX_HEADER_BYTES = 100 * 2**20  # the real SD3.5 headers are ~100 KB; anything this large is not one
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
+READ_CHUNK_BYTES = 16 * 2**20  # staging buffer for reads that cast
 
 
 @dataclass(frozen=True)
@@ -224,19 +225,36 @@ class SafetensorsFile:
             raise CheckpointFormatError(self.path, f"changed on disk while being read ({key!r})")
         return out
 
-    def read(self, key: str) -> torch.Tensor:
-        """A fresh CPU copy of one tensor, read with one positioned file read (no mmap)."""
+    def read(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A fresh CPU copy of one tensor, read with positioned file reads (no mmap), optionally cast.
+
+        A cast streams the data through a small buffer straight into the output, so the peak memory is
+        the output plus READ_CHUNK_BYTES, not output plus a full-size copy in the stored dtype.
+        """
         meta = self._tensors[key]
-        out = torch.empty(meta.shape, dtype=meta.torch_dtype)
-        if meta.nbytes == 0:
+        dtype = dtype or meta.torch_dtype
+        out = torch.empty(meta.shape, dtype=dtype)
+        if meta.numel == 0:
             return out
-        buffer = memoryview(out.view(-1).view(torch.uint8).numpy()).cast("B")
         with self.path.open("rb") as fh:
             fh.seek(self._data_start + meta.begin)
-            got = fh.readinto(buffer)
-        if got != meta.nbytes:
-            raise CheckpointFormatError(self.path, f"is truncated: tensor {key!r} ends past the end of file")
+            if dtype == meta.torch_dtype:
+                self._read_exact(fh, out.view(-1), key)
+                return out
+            flat = out.view(-1)
+            step = max(1, READ_CHUNK_BYTES // DTYPES[meta.dtype][0])
+            buffer = torch.empty(min(step, meta.numel), dtype=meta.torch_dtype)
+            for start in range(0, meta.numel, step):
+                part = buffer[: min(step, meta.numel - start)]
+                self._read_exact(fh, part, key)
+                flat[start : start + part.numel()].copy_(part)
         return out
+
+    def _read_exact(self, fh, flat: torch.Tensor, key: str) -> None:
+        """Fill the 1-D tensor `flat` from the file's current position."""
+        view = memoryview(flat.view(torch.uint8).numpy()).cast("B")
+        if fh.readinto(view) != len(view):
+            raise CheckpointFormatError(self.path, f"is truncated: tensor {key!r} ends past the end of file")
 
     def close(self) -> None:
         self._handle = None

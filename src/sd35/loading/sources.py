@@ -56,8 +56,8 @@ class TensorIndex:
     def tensor(self, key: str) -> torch.Tensor:
         return self._where[key].tensor(key)
 
-    def read(self, key: str) -> torch.Tensor:
-        return self._where[key].read(key)
+    def read(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return self._where[key].read(key, dtype)
 
     @property
     def paths(self) -> tuple[Path, ...]:
