@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sd35.loading import keymaps
 from sd35.loading.errors import WrongComponentError
-from sd35.loading.safetensors_io import DTYPES, FLOAT8
+from sd35.loading.safetensors_io import DTYPES, FLOAT8, PICKLE_SUFFIXES
 from sd35.loading.shapes import (
     ShapeError,
     Shapes,
@@ -81,9 +81,11 @@ def is_quant_extra(key: str) -> bool:
     )
 
 
-def official_shapes(found_index: TensorIndex, keys: tuple[str, ...], prefix: str, layout: str, component: str):
-    """{official key: shape} of a component's tensors (scale tensors and ignorable keys left out)."""
-    local = {k[len(prefix) :]: found_index.shape(k) for k in keys}
+def official_shapes(
+    index: TensorIndex, keys: tuple[str, ...], prefix: str, layout: str, component: str
+) -> dict[str, tuple[int, ...]]:
+    """{official key: shape} of a component's tensors, scale tensors left out (diffusers names mapped)."""
+    local = {k[len(prefix) :]: index.shape(k) for k in keys}
     local = {k: s for k, s in local.items() if not is_quant_extra(k)}
     if layout == "official":
         return local
@@ -157,13 +159,14 @@ def _clip_role(index: TensorIndex, shapes: Shapes, hint: tuple[str, str] | None)
     return "clip_l", "guess (no text_projection)" if "text_projection.weight" not in shapes else "guess", False
 
 
-def _make(index, comp, keys, prefix, layout, hint: tuple[str, str] | None = None) -> Found:
+def _make(
+    index: TensorIndex, comp: str, keys: list[str], prefix: str, layout: str, hint: tuple[str, str] | None = None
+) -> Found:
     """Build a Found for keys already known to form one component; ShapeError -> WrongComponentError.
 
     `hint`: (role, reason) when a prefix or a diffusers folder name fixes the CLIP role.
     """
-    keys = tuple(keys)
-    shapes = official_shapes(index, keys, prefix, layout, comp)
+    shapes = official_shapes(index, tuple(keys), prefix, layout, comp)
     detected_by, certain = "keys", True
     try:
         if comp == "mmditx":
@@ -182,7 +185,7 @@ def _make(index, comp, keys, prefix, layout, hint: tuple[str, str] | None = None
     info = ComponentInfo(
         comp, config, index.origin, index.paths, prefix, layout, dtype, n_params, n_bytes, quant, detected_by
     )
-    return Found(info, index, keys, certain)
+    return Found(info, index, tuple(keys), certain)
 
 
 def scan_index(index: TensorIndex, folder: str | None = None) -> list[Found]:
@@ -240,6 +243,8 @@ def scan(path: str | Path) -> list[Found]:
     for child in sorted(path.iterdir()):
         if child.suffix == ".safetensors" or (child.is_dir() and (child / "model_index.json").is_file()):
             out += scan(child)
+        elif child.suffix.lower() in PICKLE_SUFFIXES:
+            log.warning("%s: skipped, a pickle checkpoint (sd35 reads .safetensors only)", child)
     if not out:
         raise WrongComponentError(path, "holds no .safetensors model files")
     return out
