@@ -58,7 +58,16 @@ def test_history_entry_has_comfyuis_shape(tmp_path: Path) -> None:
 def test_failing_prompt_is_recorded_and_the_queue_goes_on(client) -> None:
     bad = official_prompt()
     bad["6"]["inputs"]["text"] = "FAIL"
-    ids = [client.post("/prompt", json={"prompt": p}).json()["prompt_id"] for p in (bad, official_prompt(seed=5))]
+    with client.websocket_connect(f"{WS_BASE}/ws?clientId=f") as ws:
+        ws.receive_json()
+        body = {"prompt": bad, "client_id": "f"}
+        ids = [client.post("/prompt", json=body).json()["prompt_id"]]
+        ids.append(client.post("/prompt", json={"prompt": official_prompt(seed=5)}).json()["prompt_id"])
+        messages = [ws.receive_json()]
+        while not (messages[-1]["type"] == "executing" and messages[-1]["data"]["node"] is None):
+            messages.append(ws.receive_json())
+    sent = next(m["data"] for m in messages if m["type"] == "execution_error")
+    assert sent["prompt_id"] == ids[0] and sent["node_type"] == "CLIPTextEncode"
     failed, good = (wait_history(client.get, i) for i in ids)
     assert failed["status"]["status_str"] == "error" and failed["status"]["completed"] is False
     error = [m[1] for m in failed["status"]["messages"] if m[0] == "execution_error"][0]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
@@ -14,6 +15,7 @@ from sd35.errors import SD35Error
 from sd35.text.prompt import T5_ADVISED_MAX_TOKENS, tokenize_prompt
 from sd35.text.tokenizers import load_tokenizers
 
+from .bodies import openapi_body, read_json
 from .params import params_from_prompt, workflow_from_upload
 from .security import error_body
 from .state import ServerState, get_state
@@ -42,12 +44,18 @@ def index() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
 
 
-@router.post("/sd35/tokens", response_model=TokensAnswer)
-def tokens(body: TokensRequest) -> Any:
+@router.post("/sd35/tokens", response_model=TokensAnswer, openapi_extra=openapi_body(TokensRequest))
+async def tokens(request: Request) -> Any:
     """Token counts of a prompt for T5-XXL, CLIP-L and CLIP-G (tokenizers only, no model), with the
     warning SD3.5 gives past 256 T5 tokens."""
+    body = await read_json(request, TokensRequest)
+    assert body is not None
+    return await run_in_threadpool(_count_tokens, body.text)
+
+
+def _count_tokens(text: str) -> Any:
     try:
-        counted = tokenize_prompt(load_tokenizers(), body.text)
+        counted = tokenize_prompt(load_tokenizers(), text)
     except SD35Error as exc:
         return JSONResponse(error_body("bad_request", str(exc)), status_code=400)
     return {

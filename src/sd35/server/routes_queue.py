@@ -7,12 +7,14 @@ import logging
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from sd35.workflow import validate
 
+from .bodies import openapi_body, read_json
 from .queue import QueueItem
 from .state import ServerState, get_state
 
@@ -59,9 +61,20 @@ def _prompt_error(message: str, details: str = "") -> JSONResponse:
     return JSONResponse({"error": error, "node_errors": {}}, status_code=400)
 
 
-@router.post("/prompt", response_model=PromptAnswer, responses={400: {"description": "validation errors"}})
-def post_prompt(body: PromptRequest, state: State) -> Any:
+@router.post(
+    "/prompt",
+    response_model=PromptAnswer,
+    responses={400: {"description": "validation errors"}},
+    openapi_extra=openapi_body(PromptRequest),
+)
+async def post_prompt(request: Request, state: State) -> Any:
     """Validate and queue a prompt; 400 with ComfyUI's {error, node_errors} if no output can run."""
+    body = await read_json(request, PromptRequest)
+    assert body is not None
+    return await run_in_threadpool(_queue_prompt, body, state)
+
+
+def _queue_prompt(body: PromptRequest, state: ServerState) -> Any:
     number: float | int = state.queue.next_number()
     if body.number is not None:
         number = int(body.number) if float(body.number).is_integer() else body.number
@@ -100,9 +113,10 @@ def get_queue(state: State) -> dict[str, Any]:
     return {"queue_running": [i.as_list() for i in running], "queue_pending": [i.as_list() for i in pending]}
 
 
-@router.post("/queue")
-def post_queue(body: QueueRequest, state: State) -> dict[str, Any]:
+@router.post("/queue", openapi_extra=openapi_body(QueueRequest))
+async def post_queue(request: Request, state: State) -> dict[str, Any]:
     """{"clear": true} removes every pending prompt, {"delete": [ids]} some; answers the removed ids."""
+    body = await read_json(request, QueueRequest, optional=True) or QueueRequest()
     deleted: list[str] = []
     if body.clear:
         deleted += state.queue.clear()
@@ -111,9 +125,10 @@ def post_queue(body: QueueRequest, state: State) -> dict[str, Any]:
     return {"deleted": deleted}
 
 
-@router.post("/interrupt")
-def post_interrupt(state: State, body: InterruptRequest | None = None) -> dict[str, Any]:
+@router.post("/interrupt", openapi_extra=openapi_body(InterruptRequest, required=False))
+async def post_interrupt(request: Request, state: State) -> dict[str, Any]:
     """Stop the running prompt (only if it is `prompt_id`, when given)."""
+    body = await read_json(request, InterruptRequest, optional=True)
     prompt_id = body.prompt_id if body is not None else None
     return {"interrupted": state.queue.interrupt(prompt_id)}
 
@@ -134,9 +149,10 @@ def get_history_item(prompt_id: str, state: State) -> dict[str, Any]:
     return state.queue.history.get(prompt_id)
 
 
-@router.post("/history")
-def post_history(body: QueueRequest, state: State) -> dict[str, Any]:
+@router.post("/history", openapi_extra=openapi_body(QueueRequest))
+async def post_history(request: Request, state: State) -> dict[str, Any]:
     """{"clear": true} or {"delete": [ids]}."""
+    body = await read_json(request, QueueRequest, optional=True) or QueueRequest()
     if body.clear:
         state.queue.history.clear()
     if body.delete:
@@ -144,9 +160,10 @@ def post_history(body: QueueRequest, state: State) -> dict[str, Any]:
     return {}
 
 
-@router.post("/free")
-def post_free(state: State, body: FreeRequest | None = None) -> dict[str, Any]:
+@router.post("/free", openapi_extra=openapi_body(FreeRequest, required=False))
+async def post_free(request: Request, state: State) -> dict[str, Any]:
     """Forget cached node outputs (and unload models when the services can)."""
+    body = await read_json(request, FreeRequest, optional=True)
     if body is not None and (body.unload_models or body.free_memory):
         state.queue.request_free(unload_models=body.unload_models)
     return {}
