@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -106,7 +107,7 @@ def create_app(services: Any, registry: NodeRegistry | None = None, *, config: S
         try:
             yield
         finally:
-            queue.stop()
+            await run_in_threadpool(queue.stop)  # interrupts the running prompt, which is recorded
             hub.close_all()
             await asyncio.sleep(0)
             hub.bind(None)
