@@ -72,12 +72,13 @@ function setupSizes() {
   for (const [w, h] of SIZES) {
     const option = document.createElement("option");
     option.value = `${w}x${h}`;
-    option.textContent = `${w} × ${h}${w === h ? "  (square)" : w > h ? "  (landscape)" : "  (portrait)"}`;
+    const megapixels = ((w * h) / 1e6).toFixed(2);
+    option.textContent = `${w} × ${h}  ·  ${w === h ? "square" : w > h ? "landscape" : "portrait"}, ${megapixels} MP`;
     select.appendChild(option);
   }
   const custom = document.createElement("option");
   custom.value = "custom";
-  custom.textContent = "Custom";
+  custom.textContent = "Custom size";
   select.appendChild(custom);
   select.value = "1280x768";
   select.addEventListener("change", () => {
