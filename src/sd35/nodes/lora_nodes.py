@@ -22,13 +22,10 @@ from sd35.workflow import InputSpec, NodeRegistry, NodeSpec, OutputSpec
 __all__ = ["components_with_loras", "lora_loader", "lora_loader_model_only", "parse_lora_arg", "register_lora_nodes"]
 
 STRENGTH_RANGE = {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}  # ComfyUI LoraLoader
-LORA_LOADER_DESCRIPTION = (
-    "This LoRA loader is used to modify both diffusion and CLIP models, altering the way in which latents are "
-    "denoised such as applying styles. Multiple LoRA nodes can be linked together."
-)
-MODEL_ONLY_DESCRIPTION = (
-    "This LoRAs loader is used to modify the diffusion model, altering the way in which latents are denoised "
-    "such as applying styles. Multiple LoRA nodes can be linked together."
+# ComfyUI v0.3.64's /object_info text for both nodes (LoraLoaderModelOnly inherits LoraLoader's)
+DESCRIPTION = (
+    "LoRAs are used to modify diffusion and CLIP models, altering the way in which latents are denoised such as "
+    "applying styles. Multiple LoRA nodes can be linked together."
 )
 
 
@@ -106,7 +103,7 @@ def lora_specs(services: Services) -> list[NodeSpec]:
             function=bind(lora_loader),
             category="loaders",
             display_name="Load LoRA",
-            description=LORA_LOADER_DESCRIPTION,
+            description=DESCRIPTION,
             fingerprint=fingerprint,
         ),
         NodeSpec(
@@ -116,10 +113,12 @@ def lora_specs(services: Services) -> list[NodeSpec]:
                 InputSpec("lora_name", "COMBO", choices_fn=loras),
                 _strength("strength_model"),
             ),
-            outputs=(OutputSpec("MODEL"),),
+            # ComfyUI lists both of LoraLoader's output tooltips here (inherited); one output has one
+            outputs=(OutputSpec("MODEL", tooltip="The modified diffusion model."),),
             function=bind(lora_loader_model_only),
             category="loaders",
-            description=MODEL_ONLY_DESCRIPTION,
+            display_name="LoraLoaderModelOnly",
+            description=DESCRIPTION,
             fingerprint=fingerprint,
         ),
     ]
