@@ -79,6 +79,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--t5xxl", type=Path, help="t5xxl_fp16.safetensors (or fp8)")
     m.add_argument("--no-t5", action="store_true", help="run without T5-XXL (saves ~9 GB; prompts follow less)")
     m.add_argument("--tokenizers", type=Path, help="diffusers-style tokenizer folder overriding the built-in ones")
+    m.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE[:STRENGTH]",
+        help="apply a LoRA (kohya, ComfyUI, diffusers/PEFT, LyCORIS) to the MMDiT and text encoders at this "
+        "strength (default 1); repeat for several",
+    )
     r = p.add_argument_group("runtime")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     r.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs, fp32 on CPUs), fp32, bf16, fp16")

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from sd35.errors import UserInputError
 from sd35.imageio.images import load_image, resize_image, save_png, to_uint8
+from sd35.nodes.lora_nodes import components_with_loras, parse_lora_arg
 from sd35.pipeline.files import (
     ModelFiles,
     Preflight,
@@ -67,8 +69,14 @@ def check_inputs(args: argparse.Namespace, request: GenerationRequest) -> tuple[
 def run_generation(args: argparse.Namespace, request: GenerationRequest, paths: list[Path]) -> list[Path]:
     init_name = Path(request.init_image).name if request.init_image else None
     pre, request = check_inputs(args, request)
+    loras = [parse_lora_arg(text) for text in getattr(args, "lora", None) or []]
+    for spec in loras:
+        if not spec.path.is_file():
+            raise UserInputError(f"LoRA file not found: {spec.path}")
     policy = DevicePolicy.create(args.device, args.dtype, lowvram=args.lowvram, t5_on_cpu=args.t5_cpu)
     components = load_components(pre, policy, tokenizer_dir=args.tokenizers)
+    if loras:  # merged into the freshly loaded weights, which nothing else uses
+        components = components_with_loras(components, loras, inplace=True)
     with tqdm(total=request.steps, desc="sampling", unit="step", dynamic_ncols=True) as bar:
 
         def on_step(info) -> None:  # noqa: ANN001
