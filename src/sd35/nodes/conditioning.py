@@ -111,12 +111,12 @@ def conditioning_average(
 
 
 def conditioning_specs() -> list[NodeSpec]:
+    return [*_encode_specs(), *_list_specs()]
+
+
+def _encode_specs() -> list[NodeSpec]:
     cond = OutputSpec("CONDITIONING")
     text = {"multiline": True, "dynamic_prompts": True}
-
-    def plain(name: str, **kw: Any) -> InputSpec:
-        return InputSpec(name, "CONDITIONING", **kw)
-
     return [
         NodeSpec(
             "CLIPTextEncode",
@@ -150,6 +150,16 @@ def conditioning_specs() -> list[NodeSpec]:
             category="advanced/conditioning",
             python_module="comfy_extras.nodes_sd3",
         ),
+    ]
+
+
+def _list_specs() -> list[NodeSpec]:
+    cond = OutputSpec("CONDITIONING")
+
+    def plain(name: str, **kw: Any) -> InputSpec:
+        return InputSpec(name, "CONDITIONING", **kw)
+
+    return [
         NodeSpec(
             "ConditioningZeroOut",
             inputs=(plain("conditioning"),),

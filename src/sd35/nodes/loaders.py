@@ -189,24 +189,14 @@ def _combo(name: str, services: Services, kind: str, *, v3: bool = False, toolti
 
 
 def loader_specs(services: Services) -> list[NodeSpec]:
+    return [*_model_specs(services), *_clip_specs(services)]
+
+
+def _clip_specs(services: Services) -> list[NodeSpec]:
     clip_out = OutputSpec("CLIP")
     device = InputSpec("device", "COMBO", required=False, choices=("default", "cpu"), advanced=True)
     te = "text_encoders"
     return [
-        NodeSpec(
-            "CheckpointLoaderSimple",
-            inputs=(_combo("ckpt_name", services, "checkpoints", tooltip=CKPT_TOOLTIP),),
-            outputs=(
-                OutputSpec("MODEL", tooltip="The model used for denoising latents."),
-                OutputSpec("CLIP", tooltip="The CLIP model used for encoding text prompts."),
-                OutputSpec("VAE", tooltip=VAE_TOOLTIP),
-            ),
-            function=functools.partial(checkpoint_loader, services),
-            category="loaders",
-            display_name="Load Checkpoint",
-            description="Loads a diffusion model checkpoint, diffusion models are used to denoise latents.",
-            fingerprint=lambda ckpt_name: _fingerprint(services, "checkpoints", ckpt_name),
-        ),
         NodeSpec(
             "TripleCLIPLoader",
             inputs=tuple(_combo(f"clip_name{i}", services, te, v3=True) for i in (1, 2, 3)),
@@ -241,6 +231,25 @@ def loader_specs(services: Services) -> list[NodeSpec]:
             display_name="DualCLIPLoader",
             description=DUAL_CLIP_LOADER_DESCRIPTION,
             fingerprint=lambda clip_name1, clip_name2, **_: _fingerprint(services, te, clip_name1, clip_name2),
+        ),
+    ]
+
+
+def _model_specs(services: Services) -> list[NodeSpec]:
+    return [
+        NodeSpec(
+            "CheckpointLoaderSimple",
+            inputs=(_combo("ckpt_name", services, "checkpoints", tooltip=CKPT_TOOLTIP),),
+            outputs=(
+                OutputSpec("MODEL", tooltip="The model used for denoising latents."),
+                OutputSpec("CLIP", tooltip="The CLIP model used for encoding text prompts."),
+                OutputSpec("VAE", tooltip=VAE_TOOLTIP),
+            ),
+            function=functools.partial(checkpoint_loader, services),
+            category="loaders",
+            display_name="Load Checkpoint",
+            description="Loads a diffusion model checkpoint, diffusion models are used to denoise latents.",
+            fingerprint=lambda ckpt_name: _fingerprint(services, "checkpoints", ckpt_name),
         ),
         NodeSpec(
             "VAELoader",

@@ -12,7 +12,7 @@ after them. The config file is TOML: `$SD35_CONFIG`, else `$XDG_CONFIG_HOME/sd35
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,7 +208,3 @@ def list_images(folder: Path | None) -> list[str]:
     if folder is None or not folder.is_dir():
         return []
     return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def unique(values: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(values))
