@@ -137,3 +137,15 @@ def test_api_workflow_with_save_image_and_model_settings(models: Path, tmp_path:
     (comfy / "models").symlink_to(models)
     rc = main(["run", str(path), *SMALL, "--comfyui", str(comfy), "--output-dir", str(out), "-q"])
     assert rc == 0 and capsys.readouterr().out.split() == [str(out / "sd35" / "run_00002_.png")]
+
+
+def test_ui_file_and_its_api_file_give_identical_pngs(models: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    rc, (ui_png,), err = sd35_run(models, tmp_path / "ui", OFFICIAL_UI, *SMALL, capsys=capsys)
+    assert rc == 0, err
+    rc, (api_png,), err = sd35_run(models, tmp_path / "api", OFFICIAL_API, *SMALL, capsys=capsys)
+    assert rc == 0, err
+    (ui_pixels, ui_chunks), (api_pixels, api_chunks) = png(ui_png), png(api_png)
+    assert np.array_equal(ui_pixels, api_pixels)
+    assert {k: v["inputs"] for k, v in ui_chunks["prompt"].items()} == {
+        k: v["inputs"] for k, v in api_chunks["prompt"].items()
+    }

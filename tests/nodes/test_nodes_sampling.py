@@ -11,7 +11,13 @@ import pytest
 import torch
 from nodes_support import run_prompt
 
-from sd35.nodes.sampling import model_sampling_sd3, parse_layers, skip_layer_guidance_sd3
+from sd35.nodes.sampling import (
+    check_rescaling,
+    model_sampling_sd3,
+    parse_layers,
+    skip_layer_guidance_dit,
+    skip_layer_guidance_sd3,
+)
 from sd35.pipeline.components import DiffusionModel
 from sd35.sampling.schedule import ModelSampling, get_sigmas
 from sd35.workflow import CancelToken, OutputCache, Progress, WorkflowCancelled, execute, validate
@@ -98,6 +104,10 @@ def test_skip_layer_guidance_window_and_layers() -> None:
     # the window was fixed with the shift the node saw; a later ModelSamplingSD3 does not move it (ComfyUI)
     (shifted,) = model_sampling_sd3(slg_model, 6.0)
     assert shifted.slg.sigma_window(shifted.model_sampling) == slg_model.slg.sigma_window(ms)
+    (dit,) = skip_layer_guidance_dit(model, "7, 8, 9", "1, 2", 3.0, 0.01, 0.15, 0.0)
+    assert dit.slg == slg_model.slg  # SD3 has no single blocks: SkipLayerGuidanceDiT = the SD3 node
+    assert skip_layer_guidance_dit(model, "", "1, 2", 3.0, 0.01, 0.15, 0.0)[0] is model
+    assert isinstance(check_rescaling(0.5), str) and check_rescaling(0.0) is True
 
 
 def test_unimplemented_sampler_is_refused_at_validation(registry) -> None:

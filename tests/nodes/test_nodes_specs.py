@@ -108,7 +108,7 @@ def test_object_info_equals_comfyuis_for_every_sampled_node(tmp_path: Path, shar
     reference = load_json(OBJECT_INFO)
     registry = _registry(tmp_path)
     compared = [name for name in registry.class_types() if name in reference]
-    assert len(compared) == 22
+    assert len(compared) == 23
     for name in compared:
         assert _normalized(registry.object_info_for(name)) == _normalized(reference[name]), name
 

@@ -83,6 +83,29 @@ def skip_layer_guidance_sd3(
     return (replace(model, slg=slg),)
 
 
+def skip_layer_guidance_dit(
+    model: DiffusionModel,
+    double_layers: str,
+    single_layers: str,
+    scale: float,
+    start_percent: float,
+    end_percent: float,
+    rescaling_scale: float,
+    **_: Any,
+) -> tuple[DiffusionModel]:
+    """ComfyUI SkipLayerGuidanceDiT on SD3: `double_layers` are the joint blocks; an MMDiT has no single
+    blocks, so `single_layers` skip nothing (ComfyUI's patch finds no such block either)."""
+    if parse_layers(single_layers) and not parse_layers(double_layers):
+        log.info("SkipLayerGuidanceDiT: SD3 has no single blocks; the model is unchanged")
+    return skip_layer_guidance_sd3(model, double_layers, scale, start_percent, end_percent)
+
+
+def check_rescaling(rescaling_scale: float = 0.0, **_: Any) -> bool | str:
+    if rescaling_scale != 0:
+        return "rescaling_scale other than 0 is not implemented by sd35"
+    return True
+
+
 def check_sampler(sampler_name: str | None = None, scheduler: str | None = None, **_: Any) -> bool | str:
     """VALIDATE_INPUTS: refuse ComfyUI names sd35 has no implementation for (before anything runs)."""
     if sampler_name is not None and sampler_name not in SAMPLERS:
@@ -297,6 +320,25 @@ def _patch_specs() -> list[NodeSpec]:
             description="Generic version of SkipLayerGuidance node that can be used on every DiT model.",
             python_module="comfy_extras.nodes_sd3",
             experimental=True,
+        ),
+        NodeSpec(
+            "SkipLayerGuidanceDiT",
+            inputs=(
+                InputSpec("model", "MODEL"),
+                InputSpec("double_layers", "STRING", default="7, 8, 9", extra=(("multiline", False),)),
+                InputSpec("single_layers", "STRING", default="7, 8, 9", extra=(("multiline", False),)),
+                InputSpec("scale", "FLOAT", default=3.0, min=0.0, max=10.0, step=0.1),
+                InputSpec("start_percent", "FLOAT", default=0.01, min=0.0, max=1.0, step=0.001),
+                InputSpec("end_percent", "FLOAT", default=0.15, min=0.0, max=1.0, step=0.001),
+                InputSpec("rescaling_scale", "FLOAT", default=0.0, min=0.0, max=10.0, step=0.01),
+            ),
+            outputs=(OutputSpec("MODEL"),),
+            function=skip_layer_guidance_dit,
+            category="advanced/guidance",
+            description="Generic version of SkipLayerGuidance node that can be used on every DiT model.",
+            python_module="comfy_extras.nodes_slg",
+            experimental=True,
+            validate_inputs=check_rescaling,
         ),
     ]
 
