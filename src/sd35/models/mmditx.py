@@ -16,10 +16,10 @@ QK RMSNorm), SD3 Medium (neither) and SD3.5 Large (depth 38, QK RMSNorm); the co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sd35.errors import UserInputError
@@ -36,6 +36,19 @@ from sd35.nn.norms import RMSNorm, layer_norm, modulate
 
 QKV = tuple[Tensor, Tensor, Tensor]  # q, k, v, each [B, L, heads, 64]
 NORM_EPS = 1e-6  # LayerNorm and QK RMSNorm eps (sd3.5 `DismantledBlock`, `SelfAttention`)
+RunBlocks = Callable[[Tensor | None, Tensor, Tensor, frozenset[int], int, int], tuple[Tensor | None, Tensor]]
+
+
+class BlockCache(Protocol):
+    """Runs the joint blocks of one forward, possibly reusing work of earlier sampling steps.
+
+    Called as cache(run, ctx, x, c, skip, depth) with run = `MMDiTX.run_blocks` (run(ctx, x, c, skip, start,
+    stop) -> (ctx, x)); returns x [B, N, D] after block depth−1. Implemented in `sd35.pipeline.step_cache`.
+    """
+
+    def __call__(
+        self, run: RunBlocks, ctx: Tensor, x: Tensor, c: Tensor, skip: frozenset[int], depth: int
+    ) -> Tensor: ...
 
 
 class SelfAttention(nn.Module):
@@ -49,10 +62,14 @@ class SelfAttention(nn.Module):
         self.proj = None if pre_only else nn.Linear(dim, dim, device=device, dtype=dtype)
 
     def pre_attention(self, x: Tensor) -> QKV:
-        """[B, L, D] -> q, k, v [B, L, heads, 64], q and k normalised per head when qk_norm."""
+        """[B, L, D] -> q, k, v [B, L, heads, 64], q and k normalised per head when qk_norm.
+
+        The three are strided views of one fused projection output; q and k are normalised in place there
+        (no copies: SDPA and torch.cat read strided views).
+        """
         q, k, v = split_qkv(self.qkv(x), HEAD_DIM)
         if self.ln_q is not None and self.ln_k is not None:
-            q, k = self.ln_q(q), self.ln_k(k)
+            q, k = self.ln_q(q, out=q), self.ln_k(k, out=k)
         return q, k, v
 
 
@@ -65,7 +82,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        hidden = self.fc1(x)  # [B, L, 4D], the largest activation: GELU runs in place on it
+        return self.fc2(torch.ops.aten.gelu_(hidden, approximate="tanh"))
 
 
 class DismantledBlock(nn.Module):
@@ -89,21 +107,25 @@ class DismantledBlock(nn.Module):
         """x [B, L, D], c [B, D] -> (qkv, qkv of attn2 or None, modulation chunks [B, D] each)."""
         mods = self.adaLN_modulation(c).chunk(self.n_mods, dim=1)
         x_norm = layer_norm(x, NORM_EPS)
-        qkv = self.attn.pre_attention(modulate(x_norm, mods[0], mods[1]))
         qkv2 = None
         if self.attn2 is not None:  # attn2 reads the same norm1(x), modulated with its own shift/scale
             qkv2 = self.attn2.pre_attention(modulate(x_norm, mods[6], mods[7]))
+        qkv = self.attn.pre_attention(modulate(x_norm, mods[0], mods[1], inplace=True))  # x_norm is ours
         return qkv, qkv2, mods
 
     def post_attention(self, x: Tensor, attn: Tensor, attn2: Tensor | None, mods: tuple[Tensor, ...]) -> Tensor:
-        """Gated residual updates: x [B, L, D], attention outputs [B, L, D] -> x [B, L, D]."""
+        """Gated residual updates: x [B, L, D], attention outputs [B, L, D] -> new x [B, L, D].
+
+        The input x is left untouched: the first update allocates the new residual stream, the later
+        ones accumulate into it in place.
+        """
         assert self.attn.proj is not None and self.mlp is not None, "a pre-only block has no post-attention"
         _, _, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods[:6]
         x = torch.addcmul(x, gate_msa.unsqueeze(1), self.attn.proj(attn))
         if attn2 is not None and self.attn2 is not None:
-            x = torch.addcmul(x, mods[8].unsqueeze(1), self.attn2.proj(attn2))
-        mlp_in = modulate(layer_norm(x, NORM_EPS), shift_mlp, scale_mlp)
-        return torch.addcmul(x, gate_mlp.unsqueeze(1), self.mlp(mlp_in))
+            x.addcmul_(mods[8].unsqueeze(1), self.attn2.proj(attn2))
+        mlp_in = modulate(layer_norm(x, NORM_EPS), shift_mlp, scale_mlp, inplace=True)
+        return x.addcmul_(gate_mlp.unsqueeze(1), self.mlp(mlp_in))
 
 
 class JointBlock(nn.Module):
@@ -121,13 +143,11 @@ class JointBlock(nn.Module):
         x_qkv, x_qkv2, x_mods = self.x_block.pre_attention(x, c)
         k = torch.cat([ctx_qkv[1], x_qkv[1]], dim=1)
         v = torch.cat([ctx_qkv[2], x_qkv[2]], dim=1)
-        n_ctx = context.shape[1]
-        if self.context_block.pre_only:
-            # The reference discards the context rows of a pre-only block; only x queries are needed.
-            ctx_attn, x_attn = None, attention(x_qkv[0], k, v)
-        else:
-            q = torch.cat([ctx_qkv[0], x_qkv[0]], dim=1)
-            ctx_attn, x_attn = attention(q, k, v).split([n_ctx, x.shape[1]], dim=1)
+        # Queries are independent rows of the joint attention, so the context and image queries run as two
+        # SDPA calls over the joint keys: no query concat, and each output is contiguous for its projection.
+        # The reference discards the context rows of a pre-only block; then only x queries are needed.
+        ctx_attn = None if self.context_block.pre_only else attention(ctx_qkv[0], k, v)
+        x_attn = attention(x_qkv[0], k, v)
         x_attn2 = attention(*x_qkv2) if x_qkv2 is not None else None
         x = self.x_block.post_attention(x, x_attn, x_attn2, x_mods)
         if ctx_attn is None:
@@ -186,6 +206,9 @@ class MMDiTX(nn.Module):
         pooled: Tensor,
         context: Tensor,
         skip_layers: Sequence[int] = (),
+        *,
+        branch_rows: Sequence[int] | None = None,
+        block_cache: BlockCache | None = None,
     ) -> Tensor:
         """Velocity prediction [B, 16, H, W] (sd3.5 `MMDiTX.forward`).
 
@@ -194,6 +217,13 @@ class MMDiTX(nn.Module):
         pooled [B, adm_in_channels]; context [B, L, context_in_dim], any L ≥ 1. Joint blocks whose index is
         in `skip_layers` are not run (both streams pass through); indices outside 0..depth−1 are ignored,
         as in the reference and ComfyUI.
+
+        `branch_rows` batches Skip Layer Guidance with the main pass: `skip_layers` then do not apply to the
+        batch; each listed row instead gets a copy that skips them, appended to the output, which is
+        [B + len(branch_rows), 16, H, W]: rows :B as with no skip_layers, row B+j as a separate
+        `forward(x[[r_j]], ..., skip_layers=skip_layers)` gives. The blocks before the first skipped one
+        are identical for a row and its copy, so they run once. `block_cache` (not with branch_rows) runs
+        the blocks instead of the plain loop, to reuse work across sampling steps (pipeline.step_cache).
         """
         self._check_inputs(x, pooled, context)
         weight = self.x_embedder.proj.weight
@@ -206,13 +236,58 @@ class MMDiTX(nn.Module):
         c = self.t_embedder(timestep) + self.y_embedder(pooled.to(device=weight.device, dtype=weight.dtype))
         ctx = self.context_embedder(context.to(device=weight.device, dtype=weight.dtype))
 
-        skip = set(skip_layers)
-        for i, block in enumerate(self.joint_blocks):
-            if i not in skip:
-                ctx, x = block(ctx, x, c)  # ctx becomes None after the last (pre-only) block
+        skip = frozenset(i for i in skip_layers if 0 <= i < self.config.depth)
+        if branch_rows is not None:
+            if block_cache is not None:
+                raise ValueError("block_cache cannot be combined with branch_rows")
+            x, c = self._run_branched(ctx, x, c, skip, list(branch_rows))
+        elif block_cache is not None:
+            x = block_cache(self.run_blocks, ctx, x, c, skip, self.config.depth)
+        else:
+            x = self.run_blocks(ctx, x, c, skip, 0, self.config.depth)[1]
 
         x = self.final_layer(x, c)
         return self.unpatchify(x, h, w)[..., :height, :width].to(out_dtype)
+
+    def run_blocks(
+        self, ctx: Tensor | None, x: Tensor, c: Tensor, skip: frozenset[int], start: int, stop: int
+    ) -> tuple[Tensor | None, Tensor]:
+        """Joint blocks start..stop−1 except those in `skip`: (ctx [B, L, D], x [B, N, D]) -> same.
+
+        ctx becomes None after the last (pre-only) block. The inputs are not modified.
+        """
+        for i in range(start, stop):
+            if i not in skip:
+                assert ctx is not None, "no block runs after the last (pre-only) one"
+                ctx, x = self.joint_blocks[i](ctx, x, c)
+        return ctx, x
+
+    def _run_branched(
+        self, ctx: Tensor, x: Tensor, c: Tensor, skip: frozenset[int], rows: list[int]
+    ) -> tuple[Tensor, Tensor]:
+        """The blocks for B rows plus skip-layer copies of `rows` -> (x [B+k, N, D], c [B+k, D])."""
+        depth, b = self.config.depth, x.shape[0]
+        index = torch.tensor(rows, dtype=torch.long, device=x.device)
+        first = min(skip, default=depth)
+        ctx_or_none, x = self.run_blocks(ctx, x, c, frozenset(), 0, first)
+        c = torch.cat([c, c.index_select(0, index)])
+        x = torch.cat([x, x.index_select(0, index)])
+        if ctx_or_none is None:  # every block ran already (nothing skipped)
+            return x, c
+        ctx = torch.cat([ctx_or_none, ctx_or_none.index_select(0, index)])
+        for i in range(first, depth):
+            block = self.joint_blocks[i]
+            if i not in skip:
+                ctx_or_none, x = block(ctx, x, c)
+            else:  # only the original rows run this block; the copies pass through
+                ctx_or_none, x_main = block(ctx[:b], x[:b], c[:b])
+                x = torch.cat([x_main, x[b:]])
+                if ctx_or_none is not None:
+                    ctx_or_none = torch.cat([ctx_or_none, ctx[b:]])
+            if ctx_or_none is None:
+                break  # the last (pre-only) block has run
+            ctx = ctx_or_none
+        return x, c
 
     def unpatchify(self, x: Tensor, h: int, w: int) -> Tensor:
         """[B, h·w, p·p·C] -> [B, C, h·p, w·p] (reference einsum nhwpqc->nchpwq)."""
