@@ -84,6 +84,9 @@ def _normalized(info: dict[str, Any]) -> dict[str, Any]:
             del info[key]
     if all(t is None for t in info.get("output_tooltips") or [None]):
         info.pop("output_tooltips", None)
+    if len(info.get("output_tooltips") or info["output"]) != len(info["output"]):
+        # ComfyUI's LoraLoaderModelOnly inherits LoraLoader's two tooltips for its one output
+        info.pop("output_tooltips", None)
     for section in info["input"].values():
         for name, entry in section.items():
             if isinstance(entry, list) and len(entry) == 2 and entry[1] == {}:
@@ -108,9 +111,12 @@ def test_object_info_equals_comfyuis_for_every_sampled_node(tmp_path: Path, shar
     reference = load_json(OBJECT_INFO)
     registry = _registry(tmp_path)
     compared = [name for name in registry.class_types() if name in reference]
-    assert len(compared) == 23
+    assert len(compared) == 25  # the sample's 23 SD3 nodes + LoraLoader, LoraLoaderModelOnly
     for name in compared:
-        assert _normalized(registry.object_info_for(name)) == _normalized(reference[name]), name
+        ours, theirs = _normalized(registry.object_info_for(name)), _normalized(reference[name])
+        if name == "LoraLoaderModelOnly":  # the sample's tooltips don't fit its one output (see _normalized)
+            ours.pop("output_tooltips", None)
+        assert ours == theirs, name
 
 
 def test_nodes_outside_the_sample_have_comfyuis_inputs(tmp_path: Path) -> None:

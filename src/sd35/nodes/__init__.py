@@ -7,6 +7,7 @@ from sd35.nodes.conditioning import conditioning_specs
 from sd35.nodes.image import image_specs
 from sd35.nodes.latent import latent_specs
 from sd35.nodes.loaders import loader_specs
+from sd35.nodes.lora_nodes import lora_specs
 from sd35.nodes.paths import Locations, ModelFolders, resolve_locations
 from sd35.nodes.sampling import ksampler_specs
 from sd35.nodes.services import ModelStore, Services
@@ -23,5 +24,6 @@ def build_registry(services: Services) -> NodeRegistry:
         *latent_specs(services),
         *ksampler_specs(services),
         *image_specs(services),
+        *lora_specs(services),
     ]
     return NodeRegistry(specs)
