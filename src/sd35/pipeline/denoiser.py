@@ -13,6 +13,7 @@ import torch
 
 from sd35.models.mmditx import MMDiTX
 from sd35.pipeline.conditioning import CondEntry, CondList, active_entries
+from sd35.pipeline.step_cache import StepCache
 from sd35.sampling.flow import denoised_from_velocity
 from sd35.sampling.guidance import SkipLayerGuidance, cfg_combine, slg_combine
 from sd35.sampling.schedule import ModelSampling
@@ -33,29 +34,46 @@ def predict(
     sigma: torch.Tensor,
     entries: Sequence[CondEntry],
     skip_layers: tuple[int, ...] = (),
+    *,
+    branch: int = 0,
+    cache: StepCache | None = None,
 ) -> list[torch.Tensor]:
-    """Denoised prediction [B, 16, h, w] (fp32) for each entry; entries with equal shapes share one forward."""
+    """Denoised prediction [B, 16, h, w] (fp32) for each entry; entries with equal shapes share one forward.
+
+    With `branch` = k > 0, `skip_layers` apply not to the entries but to extra skip-layer copies of the
+    first k entries, batched into the same forwards (`MMDiTX.forward(branch_rows=...)`); their predictions
+    are appended, giving len(entries) + k outputs. `cache` (a `StepCache`) may reuse block work across steps
+    for forwards without skip layers.
+    """
     dtype = next(model.parameters()).dtype
     batch = x.shape[0]
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, entry in enumerate(entries):
         groups.setdefault(tuple(entry.conditioning.context.shape), []).append(i)
-    outputs: list[torch.Tensor | None] = [None] * len(entries)
+    outputs: list[torch.Tensor | None] = [None] * (len(entries) + branch)
     for indices in groups.values():
         n = len(indices)
         context = torch.cat([entries[i].conditioning.context.expand(batch, -1, -1) for i in indices])
         pooled = torch.cat([entries[i].conditioning.pooled.expand(batch, -1) for i in indices])
-        xs = x.repeat(n, 1, 1, 1)
+        branched = [j for j, i in enumerate(indices) if i < branch]
+        rows = [j * batch + r for j in branched for r in range(batch)] if branch else None
+        kwargs: dict = {"skip_layers": skip_layers}
+        if rows is not None:
+            kwargs["branch_rows"] = rows
+        elif cache is not None and not skip_layers:  # one cache stream per batch shape and conditioning set
+            key = (tuple(x.shape), tuple(id(entries[i].conditioning) for i in indices))
+            kwargs["block_cache"] = cache.for_key(key)
         timestep = (sigma * 1000.0).expand(batch * n).to(torch.float32)
         v = model(
-            xs.to(dtype),
+            x.repeat(n, 1, 1, 1).to(dtype),
             timestep.to(x.device),
             pooled.to(x.device, dtype),
             context.to(x.device, dtype),
-            skip_layers=skip_layers,
+            **kwargs,
         ).float()
-        denoised = denoised_from_velocity(xs, v, sigma)
-        for chunk, i in zip(denoised.chunk(n), indices, strict=True):
+        xs = x.repeat(n + len(branched), 1, 1, 1)
+        denoised = denoised_from_velocity(xs, v, sigma).chunk(n + len(branched))
+        for chunk, i in zip(denoised, indices + [len(entries) + indices[j] for j in branched], strict=True):
             outputs[i] = chunk
     return outputs  # type: ignore[return-value]
 
@@ -68,13 +86,23 @@ def _average(predictions: list[torch.Tensor], like: torch.Tensor) -> torch.Tenso
 
 
 def make_denoise_fn(
-    model: MMDiTX, positive: CondList, negative: CondList, guidance: Guidance, model_sampling: ModelSampling
+    model: MMDiTX,
+    positive: CondList,
+    negative: CondList,
+    guidance: Guidance,
+    model_sampling: ModelSampling,
+    *,
+    batch_slg: bool = False,
+    step_cache: StepCache | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]:
     """fn(x [B,16,h,w] fp32, sigma (0-d), step) -> denoised [B,16,h,w] fp32.
 
     Cond and uncond run in one batched forward when their context lengths match. With cfg == 1 the
     uncond pass is skipped (as ComfyUI does). The SLG pass (positive only, listed blocks skipped) runs only
-    on steps where the guidance window is active.
+    on steps where the guidance window is active; with `batch_slg` (which needs `MMDiTX.forward`'s
+    branch_rows; `sample_latents` turns it on) it joins the same forward, sharing the blocks before the
+    first skipped one (equal to the separate pass up to float rounding).
+    `step_cache` (opt-in, approximate) reuses block work across steps; None computes every step fully.
     """
 
     @torch.no_grad()
@@ -84,15 +112,21 @@ def make_denoise_fn(
         s = float(sigma)
         pos = active_entries(positive, s, model_sampling)
         neg = active_entries(negative, s, model_sampling) if guidance.cfg != 1.0 else ()
-        predictions = predict(model, x, sigma, pos + neg)
+        slg = guidance.slg
+        use_slg = slg is not None and slg.scale != 0 and slg.active(step, guidance.num_steps, s, model_sampling)
+        layers = tuple(slg.layers) if slg is not None and use_slg else ()
+        if use_slg and batch_slg:
+            predictions = predict(model, x, sigma, pos + neg, layers, branch=len(pos))
+            skipped = predictions[len(pos) + len(neg) :]
+        else:
+            predictions = predict(model, x, sigma, pos + neg, cache=step_cache)
+            skipped = predict(model, x, sigma, pos, skip_layers=layers) if use_slg else []
         cond = _average(predictions[: len(pos)], x)
         if guidance.cfg == 1.0:
             out = cond
         else:
-            out = cfg_combine(cond, _average(predictions[len(pos) :], x), guidance.cfg)
-        slg = guidance.slg
-        if slg is not None and slg.scale != 0 and slg.active(step, guidance.num_steps, s, model_sampling):
-            skipped = predict(model, x, sigma, pos, skip_layers=tuple(slg.layers))
+            out = cfg_combine(cond, _average(predictions[len(pos) : len(pos) + len(neg)], x), guidance.cfg)
+        if slg is not None and use_slg:
             out = slg_combine(out, cond, _average(skipped, x), slg.scale)
         return out
 

@@ -19,6 +19,7 @@ from sd35.models.vae_tiling import needs_tiling, tiled_decode, tiled_encode
 from sd35.pipeline.components import VAE, Components, DiffusionModel, TextStack
 from sd35.pipeline.conditioning import CondList, negative_for_request, single
 from sd35.pipeline.denoiser import Guidance, make_denoise_fn
+from sd35.pipeline.fastpath import FastPath
 from sd35.pipeline.request import GenerationRequest
 from sd35.runtime.devices import DevicePolicy, on_device, stream_blocks
 from sd35.sampling.flow import inverse_noise_scaling
@@ -111,6 +112,7 @@ def sample_latents(
     settings: SamplingSettings,
     policy: DevicePolicy,
     on_step: StepCallback | None = None,
+    fast: FastPath | None = None,
 ) -> torch.Tensor:
     """ComfyUI KSampler: VAE-space latent [B,16,h,w] in → VAE-space latent out (CPU, fp32).
 
@@ -131,7 +133,11 @@ def sample_latents(
     x = sigmas[0] * noise + (1.0 - sigmas[0]) * model_latent
     # the reference's step-window SLG counts against the full step count, also for img2img
     guidance = Guidance(cfg=settings.cfg, slg=_usable_slg(diffusion), num_steps=settings.steps)
-    denoise = make_denoise_fn(network, positive, negative, guidance, diffusion.model_sampling)
+    fast = fast or FastPath()
+    step_cache = fast.new_step_cache()
+    denoise = make_denoise_fn(
+        network, positive, negative, guidance, diffusion.model_sampling, batch_slg=fast.batch_slg, step_cache=step_cache
+    )
     placement = (
         stream_blocks(network, list(network.joint_blocks), policy) if policy.lowvram else on_device(network, policy)
     )
@@ -145,6 +151,8 @@ def sample_latents(
             on_step=on_step,
             model_sampling=diffusion.model_sampling,
         )
+    if step_cache is not None:
+        log.info("%s", step_cache.summary())
     x = inverse_noise_scaling(x.float().cpu(), float(sigmas[-1]))  # identity when the schedule ends at 0
     return fmt.to_vae(x)
 
@@ -179,7 +187,10 @@ def encode_images(vae: VAE, images: torch.Tensor, policy: DevicePolicy, tiled: b
 
 
 def generate(
-    components: Components, request: GenerationRequest, on_step: StepCallback | None = None
+    components: Components,
+    request: GenerationRequest,
+    on_step: StepCallback | None = None,
+    fast: FastPath | None = None,
 ) -> GenerationResult:
     """txt2img / img2img for one request → images and latents (no files, no PIL)."""
     request.validate(max_image_side(components.diffusion))
@@ -205,6 +216,6 @@ def generate(
         scheduler=request.scheduler,
         denoise=request.denoise,
     )
-    latents = sample_latents(diffusion, positive, negative, latent, settings, policy, on_step)
+    latents = sample_latents(diffusion, positive, negative, latent, settings, policy, on_step, fast)
     images = decode_latents(components.vae, latents, policy)
     return GenerationResult(images=images, latents=latents, warnings=warnings)
