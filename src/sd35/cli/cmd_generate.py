@@ -92,6 +92,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs, fp32 on CPUs), fp32, bf16, fp16")
     r.add_argument("--lowvram", action="store_true", help="stream MMDiT blocks to the GPU one at a time")
     r.add_argument("--t5-cpu", action="store_true", help="keep and run T5-XXL on the CPU (saves ~9.5 GB of VRAM)")
+    f = p.add_argument_group("speed (BENCHMARKS.md lists the measured effect of each)")
+    f.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core)")
+    f.add_argument("--compile", action="store_true", help="torch.compile the MMDiT blocks (one-time warm-up)")
+    f.add_argument(
+        "--step-cache",
+        type=float,
+        default=0.0,
+        metavar="THRESHOLD",
+        help="reuse the MMDiT blocks on steps where the first block's output changes by less than THRESHOLD "
+        "(relative L1; approximate; 0 = off)",
+    )
+    f.add_argument(
+        "--int8", action="store_true", help="int8 dynamic quantization of the MMDiT (CPU, fp32; approximate)"
+    )
+    f.add_argument("--fp8", action="store_true", help="fp8 MMDiT weights, fp8 matmuls on Ada/Hopper GPUs (approximate)")
     p.add_argument(
         "-o",
         "--output",
