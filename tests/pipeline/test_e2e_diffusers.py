@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sd35.sampling.guidance import SkipLayerGuidance
 
 from sd35.models.autoencoder import AutoencoderKL
 from sd35.models.configs import TINY_MMDITX, TINY_VAE
@@ -18,6 +17,7 @@ from sd35.pipeline.components import DiffusionModel
 from sd35.pipeline.conditioning import single
 from sd35.pipeline.generate import SamplingSettings, sample_latents
 from sd35.runtime.devices import DevicePolicy
+from sd35.sampling.guidance import SkipLayerGuidance
 from sd35.sampling.noise import seeded_noise
 from sd35.sampling.schedule import ModelSampling
 from sd35.types import Conditioning
