@@ -76,8 +76,8 @@ def test_generate_refuses_bad_loras(lora_file, tiny_models_dir: Path, tmp_path: 
 
     common = ["generate", "x", *SMALL, "--models", str(tiny_models_dir), "-o", str(tmp_path / "x.png")]
     loaded = []
-    real = runner.load_components
-    monkeypatch.setattr(runner, "load_components", lambda *a, **k: loaded.append(1) or real(*a, **k))
+    real = runner.generate_from_files
+    monkeypatch.setattr(runner, "generate_from_files", lambda *a, **k: loaded.append(1) or real(*a, **k))
     assert main([*common, "--lora", str(tmp_path / "missing.safetensors")]) == 2
     assert "LoRA file not found" in capsys.readouterr().err and not loaded  # refused before loading
     stem = "lora_unet_double_blocks_0_img_attn_qkv"

@@ -77,7 +77,7 @@ def test_bad_input_is_refused_before_loading(case, tiny_models_dir: Path, tmp_pa
     def forbidden(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("weights were loaded before the input was checked")
 
-    monkeypatch.setattr(runner, "load_components", forbidden)
+    monkeypatch.setattr(runner, "generate_from_files", forbidden)
     (tmp_path / "bad.png").write_text("not an image")
     extra, message = BAD_INPUTS[case]
     extra = [a.format(tmp=tmp_path, tiny=tiny_models_dir) for a in extra]
@@ -93,3 +93,31 @@ def test_bad_input_is_refused_before_loading(case, tiny_models_dir: Path, tmp_pa
     assert message in err, err
     assert "Traceback" not in err
     assert not out_dir.exists()
+
+
+def test_text_encoders_are_freed_before_the_mmdit_loads(tiny_models_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """generate loads in stages: no text encoder is alive when the MMDiT and VAE are loaded."""
+    import gc
+    import weakref
+
+    import sd35.pipeline.oneshot as oneshot
+
+    refs: list[weakref.ref] = []
+    alive_at_image_stage: list[bool] = []
+    real_text, real_image = oneshot.load_text_stack, oneshot.load_image_stack
+
+    def load_text(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        stack = real_text(*args, **kwargs)
+        refs.extend(weakref.ref(m) for m in (stack.encoders.clip_l, stack.encoders.clip_g, stack.encoders.t5))
+        return stack
+
+    def load_image(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        gc.collect()
+        alive_at_image_stage.extend(ref() is not None for ref in refs)
+        return real_image(*args, **kwargs)
+
+    monkeypatch.setattr(oneshot, "load_text_stack", load_text)
+    monkeypatch.setattr(oneshot, "load_image_stack", load_image)
+    args = ["generate", "x", *SMALL, *_models_args(tiny_models_dir), "--seed", "1", "-o", str(tmp_path / "s.png")]
+    assert main(args) == 0
+    assert alive_at_image_stage == [False, False, False]

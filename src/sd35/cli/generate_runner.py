@@ -12,18 +12,17 @@ from tqdm import tqdm
 
 from sd35.errors import UserInputError
 from sd35.imageio.images import load_image, resize_image, save_png, to_uint8
-from sd35.nodes.lora_nodes import components_with_loras, parse_lora_arg
-from sd35.pipeline.fastpath import FastPath, apply_fast_path
+from sd35.nodes.lora_nodes import parse_lora_arg
+from sd35.pipeline.fastpath import FastPath
 from sd35.pipeline.files import (
     ModelFiles,
     Preflight,
     ensure_tiny_models,
     find_model_files,
-    load_components,
     preflight,
 )
-from sd35.pipeline.generate import generate
 from sd35.pipeline.metadata import a1111_parameters, comfy_prompt
+from sd35.pipeline.oneshot import generate_from_files
 from sd35.pipeline.request import GenerationRequest
 from sd35.runtime.devices import DevicePolicy
 
@@ -79,17 +78,15 @@ def run_generation(args: argparse.Namespace, request: GenerationRequest, paths: 
     )
     fast.validate()
     policy = DevicePolicy.create(args.device, args.dtype, lowvram=args.lowvram, t5_on_cpu=args.t5_cpu)
-    components = load_components(pre, policy, tokenizer_dir=args.tokenizers)
-    if loras:  # merged into the freshly loaded weights, which nothing else uses
-        components = components_with_loras(components, loras, inplace=True)
-    components, _ = apply_fast_path(components, fast)  # after the LoRA merge: quantization replaces layers
     with tqdm(total=request.steps, desc="sampling", unit="step", dynamic_ncols=True) as bar:
 
         def on_step(info) -> None:  # noqa: ANN001
             bar.total = info.total
             bar.update(1)
 
-        result = generate(components, request, on_step=on_step, fast=fast)
+        result = generate_from_files(
+            pre, request, policy, tokenizer_dir=args.tokenizers, loras=loras, fast=fast, on_step=on_step
+        )
     names = {slot: info.path.name for slot, info in pre.components.items() if slot != "mmditx"}
     names["model"] = pre.files.model.name
     if init_name:

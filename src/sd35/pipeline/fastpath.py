@@ -20,10 +20,11 @@ from dataclasses import dataclass, replace
 import torch
 
 from sd35.errors import UserInputError
-from sd35.pipeline.components import Components
+from sd35.pipeline.components import Components, DiffusionModel
 from sd35.pipeline.step_cache import StepCache
 from sd35.runtime.compile import CompileReport, compile_blocks
 from sd35.runtime.cpu import apply_cpu_settings
+from sd35.runtime.devices import DevicePolicy
 from sd35.runtime.quant import quantize_fp8_, quantize_int8_dynamic_
 
 log = logging.getLogger(__name__)
@@ -52,17 +53,24 @@ class FastPath:
 
 
 def apply_fast_path(components: Components, fast: FastPath) -> tuple[Components, CompileReport | None]:
-    """CPU settings, then quantization, then compilation of the MMDiT; returns the components to use.
+    """`apply_fast_path_to` on the components' MMDiT; returns the components to use."""
+    diffusion, report = apply_fast_path_to(components.diffusion, components.policy, fast)
+    return replace(components, diffusion=diffusion), report
+
+
+def apply_fast_path_to(
+    diffusion: DiffusionModel, policy: DevicePolicy, fast: FastPath
+) -> tuple[DiffusionModel, CompileReport | None]:
+    """CPU settings, then quantization, then compilation of the MMDiT; returns the model to use.
 
     The network is changed in place (quantized layers replace its Linear children), so do this once, right
     after loading, before any LoRA is applied or any copy is made.
     """
     fast.validate()
-    policy = components.policy
     if policy.device.type == "cpu":
         settings = apply_cpu_settings(fast.threads)
         log.info("cpu: %d threads, malloc tuned %s, native bf16 %s", *vars(settings).values())
-    network = components.diffusion.network
+    network = diffusion.network
     if fast.int8:
         if policy.device.type != "cpu" or policy.dtype != torch.float32:
             raise UserInputError("--int8 runs on the CPU in fp32 only (use --device cpu --dtype fp32)")
@@ -70,4 +78,4 @@ def apply_fast_path(components: Components, fast: FastPath) -> tuple[Components,
     if fast.fp8:
         quantize_fp8_(network.joint_blocks)
     report = compile_blocks(network.joint_blocks) if fast.compile else None
-    return replace(components, diffusion=replace(components.diffusion, network=network)), report
+    return replace(diffusion, network=network), report

@@ -13,6 +13,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from torch import nn
+
 from sd35.errors import UserInputError
 from sd35.loading.detect import ComponentInfo, detect_component, detect_components
 from sd35.loading.load import load_component
@@ -148,24 +151,34 @@ def preflight(files: ModelFiles, *, use_t5: bool = True) -> Preflight:
     return Preflight(files=files, components=components)
 
 
+def _load(pre: Preflight, slot: str, dtype: torch.dtype) -> nn.Module:
+    info = pre.components[slot]
+    log.info("loading %s from %s", slot, info.path)
+    return load_component(info.path, slot, dtype=dtype)
+
+
+def load_text_stack(pre: Preflight, policy: DevicePolicy, *, tokenizer_dir: Path | None = None) -> TextStack:
+    """The text encoders present (CPU first; encoding moves them to the device) with their tokenizers."""
+    found = pre.components
+    config = found["mmditx"].config
+    encoders = TextEncoders(
+        clip_l=_load(pre, "clip_l", policy.text_dtype) if "clip_l" in found else None,
+        clip_g=_load(pre, "clip_g", policy.text_dtype) if "clip_g" in found else None,
+        t5=_load(pre, "t5xxl", policy.text_dtype) if "t5xxl" in found else None,
+        context_dim=config.context_in_dim,
+        pooled_dim=config.adm_in_channels,
+    )
+    return TextStack(encoders=encoders, tokenizers=load_tokenizers(tokenizer_dir))
+
+
+def load_image_stack(pre: Preflight, policy: DevicePolicy) -> tuple[DiffusionModel, VAE]:
+    """The MMDiT and the VAE (CPU first; each stage moves them to the device)."""
+    network = _load(pre, "mmditx", policy.dtype)
+    return DiffusionModel(network=network, name=pre.files.model.name), VAE(_load(pre, "vae", policy.vae_dtype))
+
+
 def load_components(pre: Preflight, policy: DevicePolicy, *, tokenizer_dir: Path | None = None) -> Components:
     """Load every detected component (CPU first; stages move them to the device as needed)."""
-    found = pre.components
-
-    def load(slot: str, dtype):  # noqa: ANN001, ANN202
-        info = found[slot]
-        log.info("loading %s from %s", slot, info.path)
-        return load_component(info.path, slot, dtype=dtype)
-
-    network = load("mmditx", policy.dtype)
-    vae = load("vae", policy.vae_dtype)
-    encoders = TextEncoders(
-        clip_l=load("clip_l", policy.text_dtype) if "clip_l" in found else None,
-        clip_g=load("clip_g", policy.text_dtype) if "clip_g" in found else None,
-        t5=load("t5xxl", policy.text_dtype) if "t5xxl" in found else None,
-        context_dim=network.config.context_in_dim,
-        pooled_dim=network.config.adm_in_channels,
-    )
-    text = TextStack(encoders=encoders, tokenizers=load_tokenizers(tokenizer_dir))
-    name = pre.files.model.name
-    return Components(diffusion=DiffusionModel(network=network, name=name), text=text, vae=VAE(vae), policy=policy)
+    diffusion, vae = load_image_stack(pre, policy)
+    text = load_text_stack(pre, policy, tokenizer_dir=tokenizer_dir)
+    return Components(diffusion=diffusion, text=text, vae=vae, policy=policy)

@@ -198,28 +198,41 @@ def encode_images(vae: VAE, images: torch.Tensor, policy: DevicePolicy, tiled: b
     return z.float().cpu()
 
 
-def generate(
-    components: Components,
+@dataclass(frozen=True)
+class EncodedRequest:
+    """A request's conditioning lists (the negative with the official workflow's zeroed tail)."""
+
+    positive: CondList
+    negative: CondList
+    warnings: tuple[str, ...] = ()
+
+
+def encode_request(text: TextStack, request: GenerationRequest, policy: DevicePolicy) -> EncodedRequest:
+    """The text stage of `generate`: prompt and negative → conditioning lists."""
+    cond, warnings = encode_prompt(text, request.prompt, policy)
+    uncond, _ = encode_prompt(text, request.negative_prompt, policy)
+    return EncodedRequest(single(cond), negative_for_request(uncond, request.negative_zero_after), warnings)
+
+
+def render(
+    diffusion: DiffusionModel,
+    vae: VAE,
     request: GenerationRequest,
+    encoded: EncodedRequest,
+    policy: DevicePolicy,
     on_step: StepCallback | None = None,
     fast: FastPath | None = None,
 ) -> GenerationResult:
-    """txt2img / img2img for one request → images and latents (no files, no PIL)."""
-    request.validate(max_image_side(components.diffusion))
-    policy = components.policy
-    cond, warnings = encode_prompt(components.text, request.prompt, policy)
-    uncond, _ = encode_prompt(components.text, request.negative_prompt, policy)
-    positive = single(cond)
-    negative = negative_for_request(uncond, request.negative_zero_after)
-    h, w = request.height // 8, request.width // 8
+    """The image stage of `generate`: (init latent →) sample → decode."""
+    request.validate(max_image_side(diffusion))
     if request.init_image is not None:
         image = torch.as_tensor(request.init_image, dtype=torch.float32)
         if image.ndim == 3:
             image = image.unsqueeze(0)
-        latent = encode_images(components.vae, image, policy).repeat(request.batch_size, 1, 1, 1)
+        latent = encode_images(vae, image, policy).repeat(request.batch_size, 1, 1, 1)
     else:
-        latent = torch.zeros(request.batch_size, 16, h, w)
-    diffusion = replace(components.diffusion, model_sampling=ModelSampling(shift=request.shift), slg=request.slg)
+        latent = torch.zeros(request.batch_size, 16, request.height // 8, request.width // 8)
+    diffusion = replace(diffusion, model_sampling=ModelSampling(shift=request.shift), slg=request.slg)
     settings = SamplingSettings(
         seed=request.seed,
         steps=request.steps,
@@ -228,6 +241,18 @@ def generate(
         scheduler=request.scheduler,
         denoise=request.denoise,
     )
-    latents = sample_latents(diffusion, positive, negative, latent, settings, policy, on_step, fast)
-    images = decode_latents(components.vae, latents, policy)
-    return GenerationResult(images=images, latents=latents, warnings=warnings)
+    latents = sample_latents(diffusion, encoded.positive, encoded.negative, latent, settings, policy, on_step, fast)
+    images = decode_latents(vae, latents, policy)
+    return GenerationResult(images=images, latents=latents, warnings=encoded.warnings)
+
+
+def generate(
+    components: Components,
+    request: GenerationRequest,
+    on_step: StepCallback | None = None,
+    fast: FastPath | None = None,
+) -> GenerationResult:
+    """txt2img / img2img for one request → images and latents (no files, no PIL)."""
+    request.validate(max_image_side(components.diffusion))
+    encoded = encode_request(components.text, request, components.policy)
+    return render(components.diffusion, components.vae, request, encoded, components.policy, on_step, fast)
