@@ -67,6 +67,11 @@ def test_generate_with_lora_equals_merged_checkpoint(models, lora_file, tiny_mod
     args = ["--lora", f"{path}:0.5", "--lora", f"{path}:0.25"]  # repeatable: two at once add up to 0.75
     assert main([*common, "--models", str(tiny_models_dir), *args, "-o", str(out["two"])]) == 0
     assert np.array_equal(_pixels(out["lora"]), _pixels(out["merged"]))
+    meta = Image.open(out["lora"]).text  # the PNG says which LoRA made it, in both formats
+    assert f"LoRA: {path.name}:0.75/0.75" in meta["parameters"]
+    graph = json.loads(meta["prompt"])
+    assert graph["400"]["class_type"] == "LoraLoader" and graph["400"]["inputs"]["lora_name"] == path.name
+    assert graph["13"]["inputs"]["model"] == ["400", 0] and graph["6"]["inputs"]["clip"] == ["400", 1]
     assert np.abs(_pixels(out["two"]) - _pixels(out["lora"])).max() <= 1  # 0.5+0.25 vs 0.75: rounding only
     assert np.abs(_pixels(out["lora"]) - _pixels(out["plain"])).mean() > 1.0  # the LoRA changes the image
 

@@ -91,9 +91,10 @@ def run_generation(args: argparse.Namespace, request: GenerationRequest, paths: 
     names["model"] = pre.files.model.name
     if init_name:
         names["init_image"] = init_name
+    lora_uses = [(spec.path.name, spec.strength_model, spec.strength_clip) for spec in loras]
     text = {
-        "parameters": a1111_parameters(request, pre.files.model.name),
-        "prompt": json.dumps(comfy_prompt(request, names)),
+        "parameters": a1111_parameters(request, pre.files.model.name, lora_uses),
+        "prompt": json.dumps(comfy_prompt(request, names, lora_uses)),
     }
     pixels = to_uint8(result.images.numpy())
     return [save_png(path, image, text) for path, image in zip(paths, pixels, strict=True)]

@@ -8,12 +8,15 @@ sigma, so re-running the graph may differ slightly on the steps at the window's 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sd35.pipeline.request import GenerationRequest
 
+LoraUse = tuple[str, float, float]  # (file name, model strength, text-encoder strength)
 
-def a1111_parameters(request: GenerationRequest, model_name: str) -> str:
+
+def a1111_parameters(request: GenerationRequest, model_name: str, loras: Sequence[LoraUse] = ()) -> str:
     """The `parameters` text chunk A1111/Forge/Civitai read: prompt, negative, then `Key: value` pairs."""
     pairs = [
         ("Steps", request.steps),
@@ -32,6 +35,8 @@ def a1111_parameters(request: GenerationRequest, model_name: str) -> str:
         pairs.append(("Negative zeroed after", request.negative_zero_after))
     if request.init_image is not None:
         pairs.append(("Denoising strength", request.denoise))
+    if loras:
+        pairs.append(("LoRA", "; ".join(f"{name}:{sm:g}/{sc:g}" for name, sm, sc in loras)))
     pairs.append(("Version", "sd35"))
     text = request.prompt + "\n"
     if request.negative_prompt:
@@ -43,8 +48,9 @@ def _node(class_type: str, **inputs: Any) -> dict[str, Any]:
     return {"inputs": inputs, "class_type": class_type, "_meta": {"title": class_type}}
 
 
-def comfy_prompt(request: GenerationRequest, names: dict[str, str]) -> dict[str, Any]:
-    """ComfyUI API-format graph for a txt2img request; `names` gives model/clip_l/clip_g/t5xxl file names."""
+def comfy_prompt(request: GenerationRequest, names: dict[str, str], loras: Sequence[LoraUse] = ()) -> dict[str, Any]:
+    """ComfyUI API-format graph for a request; `names` gives model/clip_l/clip_g/t5xxl (and init_image) file
+    names; LoRAs become a chain of LoraLoader nodes between the loaders and their users."""
     model_link = ["13", 0]
     graph: dict[str, Any] = {
         "4": _node("CheckpointLoaderSimple", ckpt_name=names.get("model", "sd3.5_medium.safetensors")),
@@ -61,6 +67,17 @@ def comfy_prompt(request: GenerationRequest, names: dict[str, str]) -> dict[str,
         "8": _node("VAEDecode", samples=["294", 0], vae=["4", 2]),
         "9": _node("SaveImage", images=["8", 0], filename_prefix="sd35"),
     }
+    base_model, clip = ["4", 0], ["11", 0]
+    for i, (name, strength_model, strength_clip) in enumerate(loras):
+        node = str(400 + i)
+        graph[node] = _node(
+            "LoraLoader", model=base_model, clip=clip, lora_name=name,
+            strength_model=strength_model, strength_clip=strength_clip,
+        )  # fmt: skip
+        base_model, clip = [node, 0], [node, 1]
+    graph["13"]["inputs"]["model"] = base_model
+    graph["6"]["inputs"]["clip"] = clip
+    graph["71"]["inputs"]["clip"] = clip
     negative_link: list[Any] = ["71", 0]
     if request.negative_zero_after is not None:
         z = request.negative_zero_after
