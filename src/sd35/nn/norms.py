@@ -14,10 +14,11 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float, *, out: Tensor | None = None
     `F.rms_norm` as a composite of six passes with full-size temporaries (pow, mean, add, rsqrt, mul,
     mul); here one fused reduction (`vector_norm`, accumulated in fp32) gives the per-row scale and two
     multiplies apply it, in place when `out` is given. The two agree to float rounding (≤ 2 ulp of x).
-    Under torch.compile the functional form is traced and `out` is ignored: use the return value.
+    Under torch.compile the functional form is traced (then copied into `out` when given).
     """
-    if (x.device.type != "cpu" and out is None) or torch.compiler.is_compiling():
-        return F.rms_norm(x, (x.shape[-1],), weight.to(x.dtype), eps)  # compiled: inductor fuses it anyway
+    if x.device.type != "cpu" or torch.compiler.is_compiling():  # fused kernel / inductor fuses it anyway
+        result = F.rms_norm(x, (x.shape[-1],), weight.to(x.dtype), eps)
+        return result if out is None else out.copy_(result)
     inv = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
     inv = inv.square_().div_(x.shape[-1]).add_(eps).rsqrt_().to(x.dtype)
     scaled = torch.mul(x, inv) if out is None else torch.mul(x, inv, out=out)
