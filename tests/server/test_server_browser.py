@@ -63,6 +63,11 @@ def test_page_queues_a_prompt_shows_progress_and_the_image(live_server: LiveServ
     page.goto(f"{live_server.url}/")
     page.wait_for_selector("#conn.on")
     page.wait_for_function("document.querySelector('#sampler').options.length > 10")
+    # the node list was read without error (model choices come in both COMBO formats)
+    assert page.eval_on_selector("#message", "e => e.hidden || !e.classList.contains('error')"), page.inner_text(
+        "#message"
+    )
+    assert page.is_checked("#slg")  # Skip Layer Guidance on by default, as the model card recommends
     before = page.locator(".card").count()
     page.fill("#prompt", "a lighthouse on a cliff at sunset")
     page.wait_for_function("document.querySelector('#tokens').textContent.startsWith('T5: 11 ')")

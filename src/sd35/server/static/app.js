@@ -392,6 +392,13 @@ function setupDrop() {
 }
 
 // ---------- start ----------
+// a COMBO input in /object_info: [[choices...], {...}] (legacy) or ["COMBO", {options: [...]}] (v3 nodes)
+function choicesOf(entry) {
+  if (!entry) return [];
+  if (Array.isArray(entry[0])) return entry[0];
+  return (entry[0] === "COMBO" && entry[1] && entry[1].options) || [];
+}
+
 function pick(names, pattern, fallback) {
   return names.find((n) => pattern.test(n)) || fallback;
 }
@@ -400,10 +407,10 @@ async function loadChoices() {
   try {
     const info = await api("/object_info");
     const ks = info.KSampler.input.required;
-    fillSelect($("sampler"), ks.sampler_name[0], "dpmpp_2m");
-    fillSelect($("scheduler"), ks.scheduler[0], "sgm_uniform");
-    const ckpts = (info.CheckpointLoaderSimple && info.CheckpointLoaderSimple.input.required.ckpt_name[0]) || [];
-    const clips = (info.TripleCLIPLoader && info.TripleCLIPLoader.input.required.clip_name1[0]) || [];
+    fillSelect($("sampler"), choicesOf(ks.sampler_name), "dpmpp_2m");
+    fillSelect($("scheduler"), choicesOf(ks.scheduler), "sgm_uniform");
+    const ckpts = choicesOf(info.CheckpointLoaderSimple && info.CheckpointLoaderSimple.input.required.ckpt_name);
+    const clips = choicesOf(info.TripleCLIPLoader && info.TripleCLIPLoader.input.required.clip_name1);
     state.models.ckpt = pick(ckpts, /medium/i, ckpts[0] || state.models.ckpt);
     state.models.clips = [
       pick(clips, /clip_g/i, state.models.clips[0]), pick(clips, /clip_l/i, state.models.clips[1]),
