@@ -77,5 +77,7 @@ def apply_fast_path_to(
         quantize_int8_dynamic_(network.joint_blocks)
     if fast.fp8:
         quantize_fp8_(network.joint_blocks)
-    report = compile_blocks(network.joint_blocks) if fast.compile else None
+    # on CPUs compiling only pays with inductor's weight freezing (pre-packed oneDNN weights: one more copy)
+    freeze = policy.device.type == "cpu"
+    report = compile_blocks(network.joint_blocks, freeze=freeze) if fast.compile else None
     return replace(diffusion, network=network), report

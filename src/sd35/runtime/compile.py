@@ -30,13 +30,20 @@ class CompileReport:
 
 
 def compile_blocks(
-    blocks: Iterable[nn.Module], *, mode: str | None = None, dynamic: bool | None = None
+    blocks: Iterable[nn.Module], *, mode: str | None = None, dynamic: bool | None = None, freeze: bool = False
 ) -> CompileReport:
     """`module.compile()` (in place: the module object stays, its forward is compiled) on every block.
 
     `mode` is torch.compile's mode ("default", "reduce-overhead", "max-autotune", None = default). Compilation
-    itself happens lazily on the first call of each block structure and shape.
+    itself happens lazily on the first call of each block structure and shape. `freeze` sets inductor's
+    process-wide `freezing` option: weights become constants that inductor may pre-pack for oneDNN. On CPUs
+    this is what makes compilation pay (measured ~7 % per forward in fp32, BENCHMARKS.md) but it keeps a
+    second, packed copy of the weights; only valid while the weights no longer change (LoRAs merged first).
     """
+    if freeze:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
     count = 0
     for block in blocks:
         block.compile(mode=mode, dynamic=dynamic)
