@@ -25,7 +25,7 @@ from sd35.pipeline.step_cache import StepCache
 from sd35.runtime.compile import CompileReport, compile_blocks
 from sd35.runtime.cpu import apply_cpu_settings
 from sd35.runtime.devices import DevicePolicy
-from sd35.runtime.quant import quantize_fp8_, quantize_int8_dynamic_
+from sd35.runtime.quant import fp8_matmul_supported, quantize_fp8_, quantize_int8_dynamic_
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ def apply_fast_path_to(
             raise UserInputError("--int8 runs on the CPU in fp32 only (use --device cpu --dtype fp32)")
         quantize_int8_dynamic_(network.joint_blocks)
     if fast.fp8:
+        if not fp8_matmul_supported(policy.device):
+            log.warning("--fp8: no fp8 matmuls on %s; weights are dequantized on every call (slow)", policy.device)
         quantize_fp8_(network.joint_blocks)
     # on CPUs compiling only pays with inductor's weight freezing (pre-packed oneDNN weights: one more copy)
     freeze = policy.device.type == "cpu"
