@@ -108,8 +108,10 @@ def make_denoise_fn(
     @torch.no_grad()
     def denoise(x: torch.Tensor, sigma: torch.Tensor, step: int) -> torch.Tensor:
         # samplers may pass σ per batch element; all are equal (ComfyUI reads the first one too)
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)[0]
-        s = float(sigma)
+        # The host value drives the guidance windows. Read from a CPU σ it costs no device sync; the device
+        # copy is a fill kernel, not a host-to-device transfer (which would wait for the queued work).
+        s = float(torch.as_tensor(sigma, dtype=torch.float32).reshape(-1)[0])
+        sigma = torch.full((), s, dtype=torch.float32, device=x.device)
         pos = active_entries(positive, s, model_sampling)
         neg = active_entries(negative, s, model_sampling) if guidance.cfg != 1.0 else ()
         slg = guidance.slg
