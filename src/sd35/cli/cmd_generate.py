@@ -92,6 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs, fp32 on CPUs), fp32, bf16, fp16")
     r.add_argument("--lowvram", action="store_true", help="stream MMDiT blocks to the GPU one at a time")
     r.add_argument("--t5-cpu", action="store_true", help="keep and run T5-XXL on the CPU (saves ~9.5 GB of VRAM)")
+    r.add_argument(
+        "--t5-fp8", action="store_true", help="hold T5-XXL's weights in fp8 (~4.8 GB instead of ~9.5; small drift)"
+    )
     f = p.add_argument_group("speed (BENCHMARKS.md lists the measured effect of each)")
     f.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core)")
     f.add_argument("--compile", action="store_true", help="torch.compile the MMDiT blocks (one-time warm-up)")

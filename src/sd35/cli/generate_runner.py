@@ -77,7 +77,9 @@ def run_generation(args: argparse.Namespace, request: GenerationRequest, paths: 
         step_cache=args.step_cache, compile=args.compile, int8=args.int8, fp8=args.fp8, threads=args.threads
     )
     fast.validate()
-    policy = DevicePolicy.create(args.device, args.dtype, lowvram=args.lowvram, t5_on_cpu=args.t5_cpu)
+    policy = DevicePolicy.create(
+        args.device, args.dtype, lowvram=args.lowvram, t5_on_cpu=args.t5_cpu, t5_fp8=args.t5_fp8
+    )
     with tqdm(total=request.steps, desc="sampling", unit="step", dynamic_ncols=True) as bar:
 
         def on_step(info) -> None:  # noqa: ANN001

@@ -21,6 +21,7 @@ from sd35.loading.detect import ComponentInfo, detect_component, detect_componen
 from sd35.loading.load import load_component
 from sd35.pipeline.components import VAE, Components, DiffusionModel, TextStack
 from sd35.runtime.devices import DevicePolicy
+from sd35.runtime.quant import quantize_fp8_
 from sd35.text.encode import TextEncoders
 from sd35.text.tokenizers import load_tokenizers
 
@@ -161,10 +162,13 @@ def load_text_stack(pre: Preflight, policy: DevicePolicy, *, tokenizer_dir: Path
     """The text encoders present (CPU first; encoding moves them to the device) with their tokenizers."""
     found = pre.components
     config = found["mmditx"].config
+    t5 = _load(pre, "t5xxl", policy.text_dtype) if "t5xxl" in found else None
+    if t5 is not None and policy.t5_fp8:  # fp8 weights in memory, dequantized per layer call
+        quantize_fp8_(t5.encoder.block)
     encoders = TextEncoders(
         clip_l=_load(pre, "clip_l", policy.text_dtype) if "clip_l" in found else None,
         clip_g=_load(pre, "clip_g", policy.text_dtype) if "clip_g" in found else None,
-        t5=_load(pre, "t5xxl", policy.text_dtype) if "t5xxl" in found else None,
+        t5=t5,
         context_dim=config.context_in_dim,
         pooled_dim=config.adm_in_channels,
     )
