@@ -121,3 +121,17 @@ def test_text_encoders_are_freed_before_the_mmdit_loads(tiny_models_dir: Path, t
     args = ["generate", "x", *SMALL, *_models_args(tiny_models_dir), "--seed", "1", "-o", str(tmp_path / "s.png")]
     assert main(args) == 0
     assert alive_at_image_stage == [False, False, False]
+
+
+def test_saved_png_gets_the_usual_permissions(tmp_path: Path) -> None:
+    import os
+
+    import numpy as np
+
+    from sd35.imageio.images import save_png
+
+    path = save_png(tmp_path / "p.png", np.zeros((8, 8, 3), dtype=np.uint8), {"k": "v"})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~mask
+    assert [p.name for p in tmp_path.iterdir()] == ["p.png"]  # no temp file left behind

@@ -36,12 +36,19 @@ def save_png(
     try:
         with os.fdopen(fd, "wb") as handle:
             Image.fromarray(pixels).save(handle, format="PNG", pnginfo=info, compress_level=compress_level)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; images get the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_image(path: str | Path) -> np.ndarray:
