@@ -79,7 +79,7 @@ def apply_fast_path_to(
         if not fp8_matmul_supported(policy.device):
             log.warning("--fp8: no fp8 matmuls on %s; weights are dequantized on every call (slow)", policy.device)
         quantize_fp8_(network.joint_blocks)
-    # on CPUs compiling only pays with inductor's weight freezing (pre-packed oneDNN weights: one more copy)
-    freeze = policy.device.type == "cpu"
-    report = compile_blocks(network.joint_blocks, freeze=freeze) if fast.compile else None
+    # no inductor weight freezing: on CPUs it keeps a second, packed copy of the weights for a gain not
+    # separable from no-freeze compilation in our measurements (BENCHMARKS.md)
+    report = compile_blocks(network.joint_blocks) if fast.compile else None
     return replace(diffusion, network=network), report

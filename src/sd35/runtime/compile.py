@@ -36,9 +36,9 @@ def compile_blocks(
 
     `mode` is torch.compile's mode ("default", "reduce-overhead", "max-autotune", None = default). Compilation
     itself happens lazily on the first call of each block structure and shape. `freeze` sets inductor's
-    process-wide `freezing` option: weights become constants that inductor may pre-pack for oneDNN. On CPUs
-    this is what makes compilation pay (measured ~7 % per forward in fp32, BENCHMARKS.md) but it keeps a
-    second, packed copy of the weights; only valid while the weights no longer change (LoRAs merged first).
+    process-wide `freezing` option: weights become constants that inductor may pre-pack for oneDNN. On a CPU
+    (fp32) it measured 0.93-0.94x eager per forward against 0.91-1.02x without it (BENCHMARKS.md), and it
+    keeps a second, packed copy of the weights; only valid once the weights no longer change.
     """
     if freeze:
         import torch._inductor.config as inductor_config
