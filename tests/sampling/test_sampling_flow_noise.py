@@ -12,7 +12,6 @@ from sd35.sampling.flow import (
     inverse_noise_scaling,
     latent_from_noised,
     noise_latent,
-    sigma_tensor,
     velocity_from_denoised,
 )
 from sd35.sampling.noise import BrownianPath, ancestral_noise_sampler, seeded_noise
@@ -33,8 +32,6 @@ def test_flow_identities_with_scalar_and_batched_sigma() -> None:
     assert torch.equal(inverse_noise_scaling(x, 0.0), x)
     # KSamplerAdvanced leftover noise: x/(1−σ), and re-noising it with zero noise gives x back
     torch.testing.assert_close(noise_latent(inverse_noise_scaling(x, 0.3), torch.zeros_like(x), 0.3), x)
-    s = sigma_tensor(0.5, x)
-    assert s.shape == (2,) and s.dtype == torch.float32 and s.tolist() == [0.5, 0.5]
 
 
 def test_seeded_noise_is_comfyui_prepare_noise() -> None:

@@ -106,3 +106,22 @@ def test_stochastic_samplers_sample_the_data_law(name: str) -> None:
     first = sample(name, data, z[:1].clone(), sigmas, seed=5)
     assert torch.equal(first, sample(name, data, z[:1].clone(), sigmas, seed=5))  # seeded: reproducible
     assert not torch.equal(first, sample(name, data, z[:1].clone(), sigmas, seed=6))
+
+
+@pytest.mark.parametrize(
+    "name", ["euler", "heun", "dpm_2", "lms", "dpmpp_2m", "ipndm", "ipndm_v", "uni_pc", "uni_pc_bh2"]
+)
+def test_samplers_hand_sigma_to_the_denoiser_on_the_host(name: str) -> None:
+    """The loop never reads a device value: σ reaches the denoiser as a CPU tensor whatever x's device
+    (x on the meta device here stands for an accelerator; a CUDA σ would cost a sync per step)."""
+    seen: list[torch.device] = []
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor, step: int) -> torch.Tensor:
+        seen.append(sigma.device)
+        assert sigma.shape == (x.shape[0],) and sigma.dtype == torch.float32
+        return x * 0.5
+
+    x = torch.empty(2, 4, 8, 8, device="meta")
+    out = sample(name, denoise, x, get_sigmas("simple", 6, MS), seed=0, model_sampling=MS)
+    assert out.device.type == "meta" and len(seen) >= 6
+    assert all(d.type == "cpu" for d in seen)

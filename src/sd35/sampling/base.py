@@ -11,14 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import torch
 from torch import Tensor
 
-from sd35.sampling.flow import sigma_tensor
 from sd35.sampling.schedule import ModelSampling
 
 
 class DenoiseFn(Protocol):
-    """denoised [B, C, H, W] = D(x [B, C, H, W], sigma ([B] fp32, or a 0-d tensor), step).
+    """denoised [B, C, H, W] = D(x [B, C, H, W], sigma ([B] fp32 on the CPU, or a 0-d tensor), step).
 
     `step` is the sampler step index (0-based) the call belongs to; samplers that evaluate the model more
     than once per step (heun, dpm_2, dpmpp_sde, ...) pass the same step for each evaluation, and sigma is
@@ -68,8 +68,12 @@ def sigma_list(sigmas: Tensor) -> list[float]:
 
 
 def evaluate(denoise: DenoiseFn, x: Tensor, sigma: float, step: int) -> Tensor:
-    """D(x, σ) with σ as a [B] fp32 tensor on x's device."""
-    return denoise(x, sigma_tensor(sigma, x), step)
+    """D(x, σ) with σ as a [B] fp32 tensor on the CPU, whatever x's device.
+
+    The schedule lives on the host (`sigma_list`), so a sampling loop never reads a device value back: the
+    denoiser reads σ for its guidance windows without a device sync and puts it on the device itself.
+    """
+    return denoise(x, torch.full((x.shape[0],), sigma, dtype=torch.float32), step)
 
 
 def report(on_step: OnStep | None, step: int, sigmas: list[float], x: Tensor, denoised: Tensor) -> None:

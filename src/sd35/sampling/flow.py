@@ -7,7 +7,6 @@ x_σ = σ·noise + (1 − σ)·x₀, the model predicts v ≈ noise − x₀, de
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 
@@ -48,8 +47,3 @@ def latent_from_noised(x: Tensor, noise: Tensor, sigma: float | Tensor) -> Tenso
     s = _per_sample(sigma, x)
     return (x - s * noise) / (1.0 - s)
 
-
-def sigma_tensor(sigma: float, like: Tensor) -> Tensor:
-    """[B] fp32 tensor filled with σ on like's device (what samplers pass to the denoiser, as ComfyUI's
-    `sigmas[i] * s_in`)."""
-    return torch.full((like.shape[0],), sigma, dtype=torch.float32, device=like.device)
