@@ -155,3 +155,31 @@ def test_cpu_settings_apply_and_restore() -> None:
     finally:
         tune_allocator(False)
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("caps", "native"),
+    [
+        ({"architecture": "x86_64", "avx512_f": True, "avx512_bf16": False, "amx_bf16": False}, False),
+        ({"architecture": "x86_64", "avx512_f": True, "avx512_bf16": True, "amx_bf16": False}, True),
+        ({"architecture": "x86_64", "avx512_f": True, "avx512_bf16": True, "amx_bf16": True}, True),
+        ({"architecture": "x86_64", "avx2": True}, False),
+        ({"architecture": "arm64", "neon": True, "bf16": True}, True),
+        ({"architecture": "arm64", "neon": True}, False),
+    ],
+)
+def test_auto_dtype_on_cpus_is_bf16_only_with_native_bf16(
+    monkeypatch: pytest.MonkeyPatch, caps: dict, native: bool
+) -> None:
+    """The issue's rule: bf16 where the CPU computes it natively, fp32 where it would be emulated (an
+    AVX-512 CPU without BF16, which oneDNN's own check accepts); text encoders never in fp16."""
+    from sd35.runtime import cpu
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    monkeypatch.setattr(cpu, "_onednn_bf16", lambda: True)
+    assert cpu.cpu_has_native_bf16() is native
+    policy = DevicePolicy.create("cpu", "auto")
+    expected = torch.bfloat16 if native else torch.float32
+    assert (policy.dtype, policy.vae_dtype, policy.text_dtype) == (expected, expected, expected)
+    assert DevicePolicy.create("cpu", "fp32").dtype == torch.float32  # the explicit choice always wins
+    assert DevicePolicy.create("cpu", "fp16").text_dtype == torch.float32

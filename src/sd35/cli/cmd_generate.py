@@ -89,7 +89,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     r = p.add_argument_group("runtime")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    r.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs, fp32 on CPUs), fp32, bf16, fp16")
+    r.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto (bf16 on GPUs and on CPUs with native bf16, else fp16 / fp32), fp32, bf16, fp16",
+    )
     r.add_argument("--lowvram", action="store_true", help="stream MMDiT blocks to the GPU one at a time")
     r.add_argument("--t5-cpu", action="store_true", help="keep and run T5-XXL on the CPU (saves ~9.5 GB of VRAM)")
     r.add_argument(

@@ -52,7 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temp-dir", type=Path, help="where PreviewImage writes (default OUTPUT_DIR/temp)")
     p.add_argument("--input-dir", type=Path, help="LoadImage's folder (default: the ComfyUI install's input/)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
-    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"), help="diffusion model dtype")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "fp32", "fp16", "bf16"),
+        help="compute dtype; auto: bf16 on GPUs and on CPUs with native bf16, else fp16 / fp32",
+    )
     p.add_argument("--no-metadata", action="store_true", help="write PNGs without the prompt/workflow chunks")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)

@@ -56,7 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"require this token on every route (8+ chars of A-Z a-z 0-9 . _ ~ -); default ${TOKEN_ENV}",
     )
     parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, mps (default auto)")
-    parser.add_argument("--dtype", default=None, help="MMDiT compute dtype: auto, fp32, bf16, fp16 (default auto)")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        help="compute dtype: auto (bf16 on GPUs and CPUs with native bf16, else fp16/fp32), fp32, bf16, fp16",
+    )
     parser.add_argument("--max-upload-mb", type=float, default=50.0, help="largest image upload (default 50)")
     cache = parser.add_mutually_exclusive_group()
     cache.add_argument("--cache-lru", type=int, default=None, metavar="N", help="keep N node outputs (LRU)")

@@ -65,7 +65,26 @@ def set_threads(threads: int) -> None:
 
 
 def cpu_has_native_bf16() -> bool:
-    """True when oneDNN runs bf16 matmuls natively here (AVX512-BF16 or AMX), not by emulation."""
+    """True when the CPU computes bf16 dot products in hardware, so bf16 matmuls beat fp32 ones.
+
+    x86: AVX512-BF16 or AMX-BF16 (Intel Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and later), with
+    oneDNN able to use them; Arm64: the BF16 extension (e.g. Graviton 3, Neoverse V1/V2, Apple M2).
+    oneDNN's own check (`torch.ops.mkldnn._is_mkldnn_bf16_supported`) is not enough: it also accepts
+    AVX-512 CPUs without BF16 instructions, where bf16 is emulated and slower than fp32.
+    """
+    get_capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if get_capabilities is None:
+        return False
+    try:
+        caps = get_capabilities()
+    except (AttributeError, RuntimeError):
+        return False
+    if caps.get("architecture") == "x86_64":
+        return bool(caps.get("avx512_bf16") or caps.get("amx_bf16")) and _onednn_bf16()
+    return bool(caps.get("bf16") or caps.get("sve_bf16"))
+
+
+def _onednn_bf16() -> bool:
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

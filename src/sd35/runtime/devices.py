@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from sd35.errors import UserInputError
+from sd35.runtime.cpu import cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +30,18 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPUs (bf16 matmuls there are emulated)."""
+    """bf16 on GPUs that support it, fp16 on older GPUs; on CPUs bf16 where they compute it natively
+    (AVX512-BF16/AMX, Arm BF16: `cpu_has_native_bf16`), else fp32 (emulated bf16 is slower than fp32).
+
+    On an AMX CPU bf16 samples 3.2x and decodes 4.7x faster than fp32 with a decoded image at 47 dB PSNR
+    from the fp32 one (BENCHMARKS.md); `--dtype fp32` keeps full precision.
+    """
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
         return torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
     return torch.float32
 
 
@@ -78,6 +86,8 @@ class DevicePolicy:
         if dtype not in (None, "auto") and dtype not in DTYPES:
             raise UserInputError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)} or auto")
         compute = DTYPES[dtype] if dtype not in (None, "auto") else default_dtype(dev)
+        if dtype in (None, "auto"):
+            log.info("computing in %s on %s (--dtype auto; --dtype fp32 for full precision)", compute, dev)
         text = torch.bfloat16 if compute == torch.float16 and dev.type == "cuda" else compute
         if text == torch.float16:
             text = torch.float32
