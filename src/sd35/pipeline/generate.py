@@ -146,7 +146,7 @@ def sample_latents(
             settings.sampler,
             denoise,
             x.to(device),
-            sigmas.to(device),
+            sigmas,  # stays on the host: samplers read it as floats
             seed=settings.seed,
             on_step=on_step,
             model_sampling=diffusion.model_sampling,

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from sd35.errors import UserInputError
 from sd35.runtime.cpu import cpu_has_native_bf16
@@ -116,40 +116,108 @@ def on_device(module: nn.Module, policy: DevicePolicy) -> Iterator[nn.Module]:
             module.to(policy.offload_device)
 
 
+class _BlockStreamer:
+    """Holds each streamed block's weights in (pinned) CPU memory and copies one block ahead to the device.
+
+    A block's device copy is made on a side CUDA stream (asynchronous from pinned memory) while the previous
+    block computes; the compute stream waits on that copy's event only when the block starts. After its
+    forward the block points at its CPU tensors again and the device copy is dropped: weights are never
+    copied back. Off CUDA (e.g. the meta device in tests) the copies are plain synchronous ones.
+    """
+
+    def __init__(self, blocks: Sequence[nn.Module], device: torch.device) -> None:
+        self.blocks, self.device = list(blocks), device
+        self.index = {id(b): i for i, b in enumerate(self.blocks)}
+        cuda = device.type == "cuda"
+        self.copy_stream = torch.cuda.Stream(device) if cuda else None
+        self.host = [self._host_tensors(block, pin=cuda) for block in self.blocks]
+        self.pending: dict[int, tuple[dict[str, Tensor], object]] = {}
+
+    @staticmethod
+    def _host_tensors(block: nn.Module, *, pin: bool) -> dict[str, Tensor]:
+        tensors = dict(block.named_parameters()) | dict(block.named_buffers())
+        host = {}
+        for name, tensor in tensors.items():
+            data = tensor.data
+            if pin and not data.is_pinned():
+                try:
+                    data = data.pin_memory()
+                except RuntimeError:  # page-locked memory exhausted: pageable copies still work, slower
+                    log.warning("lowvram: could not pin block weights in CPU memory; copies will not overlap")
+                    pin = False
+            host[name] = data
+        _assign(block, host)
+        return host
+
+    def prefetch(self, i: int) -> None:
+        if i in self.pending:
+            return
+        stream = self.copy_stream
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            copies = {name: t.to(self.device, non_blocking=stream is not None) for name, t in self.host[i].items()}
+            event = stream.record_event() if stream is not None else None
+        self.pending[i] = (copies, event)
+
+    def enter(self, block: nn.Module) -> None:
+        i = self.index[id(block)]
+        self.prefetch(i)
+        copies, event = self.pending.pop(i)
+        if event is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(event)
+            for tensor in copies.values():  # allocated on the copy stream, used on this one
+                tensor.record_stream(current)
+        _assign(block, copies)
+        self.prefetch((i + 1) % len(self.blocks))  # the next step starts again at block 0
+
+    def leave(self, block: nn.Module) -> None:
+        _assign(block, self.host[self.index[id(block)]])
+
+    def close(self) -> None:
+        self.pending.clear()
+        for block, host in zip(self.blocks, self.host):
+            _assign(block, host)
+
+
+def _assign(module: nn.Module, tensors: dict[str, Tensor]) -> None:
+    """Point `module`'s parameters and buffers (dotted names) at `tensors` without copying."""
+    for name, tensor in tensors.items():
+        owner_name, _, leaf = name.rpartition(".")
+        owner = module.get_submodule(owner_name) if owner_name else module
+        param = owner._parameters.get(leaf)
+        if param is not None:  # a new Parameter object: `.data =` refuses some device pairs (e.g. meta)
+            owner._parameters[leaf] = nn.Parameter(tensor, requires_grad=param.requires_grad)
+        else:
+            owner._buffers[leaf] = tensor
+
+
 @contextlib.contextmanager
 def stream_blocks(root: nn.Module, blocks: Sequence[nn.Module], policy: DevicePolicy) -> Iterator[nn.Module]:
-    """Low-VRAM mode: keep `blocks` on the offload device and move each to the GPU only for its forward.
+    """Low-VRAM mode: keep `blocks` in CPU memory and give each its device weights only for its forward.
 
-    Everything in `root` except `blocks` is moved to the compute device. The next block is copied ahead
-    (non_blocking, from pinned memory where possible) while the current one computes.
+    Everything in `root` except `blocks` is moved to the compute device. At most two blocks hold device
+    copies at a time: the one computing and the next, whose copy overlaps the current block's compute on
+    CUDA (see `_BlockStreamer`). On leaving, `root`'s other parts go back to the offload device when the
+    policy offloads; the blocks are back on their CPU tensors.
     """
     block_ids = {id(b) for b in blocks}
     for child in root.children():
         if id(child) not in block_ids and not any(id(m) in block_ids for m in child.modules()):
             child.to(policy.device)
-    for _name, param in root.named_parameters(recurse=False):
-        param.data = param.data.to(policy.device)
-    for name, buf in root.named_buffers(recurse=False):
-        setattr(root, name, buf.to(policy.device))
+    own = [*root.named_parameters(recurse=False), *root.named_buffers(recurse=False)]
+    _assign(root, {name: tensor.data.to(policy.device) for name, tensor in own})
+    for block in blocks:
+        block.to(policy.offload_device)
+    streamer = _BlockStreamer(blocks, policy.device)
     handles = []
-    order = list(blocks)
-
-    def pre_hook(module: nn.Module, _args: object) -> None:
-        module.to(policy.device, non_blocking=True)
-        index = order.index(module)
-        if index + 1 < len(order):
-            order[index + 1].to(policy.device, non_blocking=True)
-
-    def post_hook(module: nn.Module, _args: object, _out: object) -> None:
-        module.to(policy.offload_device)
-
-    for block in order:
-        handles.append(block.register_forward_pre_hook(pre_hook))
-        handles.append(block.register_forward_hook(post_hook))
+    for block in blocks:
+        handles.append(block.register_forward_pre_hook(lambda module, _args: streamer.enter(module)))
+        handles.append(block.register_forward_hook(lambda module, _args, _out: streamer.leave(module)))
     try:
         yield root
     finally:
         for handle in handles:
             handle.remove()
+        streamer.close()
         if policy.offload:
             root.to(policy.offload_device)
