@@ -46,3 +46,35 @@ def test_t5_cpu_policy_runs_t5_on_the_cpu() -> None:
     t5_policy = policy.for_t5()
     assert t5_policy.device == torch.device("cpu") and t5_policy.t5_fp8 and not t5_policy.offload
     assert DevicePolicy().for_t5() == DevicePolicy()
+
+
+def test_t5_fp8_quantizes_straight_from_the_stored_weights(tiny_model_paths: dict, tmp_path: Path) -> None:
+    """An fp16 T5 file with bf16 text compute: the fp8 weights are quantize_fp8(stored fp16 weight) exactly
+    (loaded as a memory map of the file, never cast to bf16 first: that would round twice), and the other
+    tensors compute in bf16."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for slot in ("checkpoint", "clip_l", "clip_g"):
+        (folder / tiny_model_paths[slot].name).symlink_to(tiny_model_paths[slot])
+    stored = {k: v.half() for k, v in load_file(tiny_model_paths["t5xxl"]).items()}
+    save_file(stored, folder / "t5xxl_fp16.safetensors")
+    pre = preflight(find_model_files(folder))
+    assert pre.components["t5xxl"].stored_dtype == "float16"
+    t5 = load_text_stack(pre, DevicePolicy(dtype=torch.bfloat16, text_dtype=torch.bfloat16, t5_fp8=True)).encoders.t5
+    layers = {name: m for name, m in t5.named_modules() if hasattr(m, "weight_scale")}
+    assert layers and all(name.startswith("encoder.block.") for name in layers)
+    for name, layer in layers.items():
+        q, scale = quantize_fp8(stored[next(k for k in stored if k.endswith(name + ".weight"))])
+        assert torch.equal(layer.weight.view(torch.uint8), q.view(torch.uint8)) and torch.equal(
+            layer.weight_scale, scale
+        )
+    others = {p.dtype for n, p in t5.named_parameters() if n.rpartition(".")[0] not in layers}
+    assert others == {torch.bfloat16}
+    got, _ = encode_prompt(
+        load_text_stack(pre, DevicePolicy(dtype=torch.bfloat16, text_dtype=torch.bfloat16, t5_fp8=True)),
+        "a red cube",
+        DevicePolicy(dtype=torch.bfloat16, text_dtype=torch.bfloat16, t5_fp8=True),
+    )
+    assert got.context.isfinite().all()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,10 +125,15 @@ def _check(found: Found, model: nn.Module) -> dict[str, Plan]:
     return plans
 
 
-def _fetch(index: TensorIndex, part: Part, target: torch.Tensor, device: torch.device, zero_copy: bool):
-    """One file tensor in the target tensor's dtype on `device` (dequantized when it has a scale)."""
+def _fetch(
+    index: TensorIndex, part: Part, target: torch.Tensor, device: torch.device, zero_copy: bool, stored: bool = False
+):
+    """One file tensor in the target tensor's dtype on `device` (dequantized when it has a scale); with
+    `stored`, in the file's own dtype when that is fp32/fp16/bf16 (a memory map when zero_copy)."""
     meta = index.meta(part.key)
     dtype = target.dtype if target.is_floating_point() else meta.torch_dtype
+    if stored and part.scale is None and meta.torch_dtype in COMPUTE_DTYPES:
+        dtype = meta.torch_dtype
     if part.scale is not None:
         return convert.dequantize(index.read(part.key, torch.float32), index.read(part.scale), dtype).to(device)
     if zero_copy and meta.torch_dtype == dtype and device.type == "cpu":
@@ -151,9 +157,18 @@ def check_found(found: Found) -> None:
 
 
 def load_found(
-    found: Found, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", mmap: bool = True
+    found: Found,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    mmap: bool = True,
+    keep_stored: Callable[[str], bool] | None = None,
 ) -> nn.Module:
-    """Load an already located component (see `load_component`)."""
+    """Load an already located component (see `load_component`).
+
+    `keep_stored(key)` True: that tensor keeps the file's dtype (fp32/fp16/bf16; a zero-copy memory map on
+    the CPU) instead of being cast to `dtype`, for a caller that converts it next (e.g. quantizes it).
+    """
     if dtype not in COMPUTE_DTYPES:
         raise UserInputError(f"cannot compute in {dtype}; choose float32, float16 or bfloat16")
     device = torch.device(device)
@@ -164,7 +179,8 @@ def load_found(
     trim = _heap_trimmer() if device.type == "cpu" else None
     for key, plan in plans.items():
         single = len(plan.parts) == 1
-        parts = [_fetch(found.index, p, expected[key], device, mmap and single) for p in plan.parts]
+        stored = keep_stored is not None and keep_stored(key)
+        parts = [_fetch(found.index, p, expected[key], device, mmap and single, stored) for p in plan.parts]
         state[key] = convert.to_official(plan.op, parts) if plan.op != keymaps.COPY else parts[0]
         copied = not (mmap and single and found.index.meta(plan.parts[0].key).torch_dtype == state[key].dtype)
         if trim is not None and copied and state[key].nbytes >= TRIM_BYTES:
@@ -184,6 +200,7 @@ def load_component(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     mmap: bool = True,
+    keep_stored: Callable[[str], bool] | None = None,
 ) -> nn.Module:
     """Load `component` ("mmditx" | "vae" | "clip_l" | "clip_g" | "t5xxl") from a file or folder.
 
@@ -192,8 +209,9 @@ def load_component(
     private memory map of the file (zero copy, read on first use): replace such a file atomically, never
     rewrite it in place while the model is in use. Raises WrongComponentError if `path` does not hold the
     component, LoadError if its tensors do not fit the detected config, CheckpointFormatError /
-    UnsafeCheckpointError for unreadable or pickled files.
+    UnsafeCheckpointError for unreadable or pickled files. `keep_stored`: see `load_found`.
     """
     if component not in keymaps.COMPONENTS:
         raise UserInputError(f"unknown component {component!r}; expected one of {', '.join(keymaps.COMPONENTS)}")
-    return load_found(find_component(path, component), dtype=dtype, device=device, mmap=mmap)
+    found = find_component(path, component)
+    return load_found(found, dtype=dtype, device=device, mmap=mmap, keep_stored=keep_stored)
