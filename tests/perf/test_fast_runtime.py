@@ -183,3 +183,21 @@ def test_auto_dtype_on_cpus_is_bf16_only_with_native_bf16(
     assert (policy.dtype, policy.vae_dtype, policy.text_dtype) == (expected, expected, expected)
     assert DevicePolicy.create("cpu", "fp32").dtype == torch.float32  # the explicit choice always wins
     assert DevicePolicy.create("cpu", "fp16").text_dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(37, 53), (5,), (), (3, 4, 5)])
+def test_chunked_fp8_quantization_is_the_one_shot_formula(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, shape: tuple
+) -> None:
+    """quantize_fp8 converts row chunks (no full fp32 copy of a weight): bit-identical to
+    (x.float() / (amax/448)).clamp(±448) in one go, and the input is never modified (fp32's .float() is x)."""
+    monkeypatch.setattr(quant, "QUANT_CHUNK_ELEMENTS", 100)  # many chunks, uneven last one
+    x = (torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 3).to(dtype)
+    before = x.clone()
+    q, scale = quant.quantize_fp8(x)
+    expected_scale = x.abs().amax().float().clamp_min(1e-12) / quant.FP8_MAX
+    expected = (x.float() / expected_scale).clamp(-quant.FP8_MAX, quant.FP8_MAX).to(quant.FP8_DTYPE)
+    assert torch.equal(scale, expected_scale) and q.shape == x.shape
+    assert torch.equal(q.view(torch.uint8), expected.view(torch.uint8))
+    assert torch.equal(x, before)

@@ -158,7 +158,7 @@ def _load(pre: Preflight, slot: str, dtype: torch.dtype) -> nn.Module:
     return load_component(info.path, slot, dtype=dtype)
 
 
-def _load_t5(pre: Preflight, policy: DevicePolicy) -> nn.Module:
+def load_t5(info: ComponentInfo, policy: DevicePolicy) -> nn.Module:
     """T5-XXL in the text dtype, or with `t5_fp8` its block Linears in fp8 (dequantized per layer call).
 
     For fp8 the block Linear weights are loaded in the file's dtype, which is a memory map of the file (no
@@ -166,9 +166,9 @@ def _load_t5(pre: Preflight, policy: DevicePolicy) -> nn.Module:
     (9.5 GB in bf16) is never resident, only the fp8 weights (4.8 GB); the small remaining tensors
     (embedding, norms, relative position bias) load in the text dtype, in which T5 computes.
     """
-    info = pre.components["t5xxl"]
     if not policy.t5_fp8:
-        return _load(pre, "t5xxl", policy.text_dtype)
+        log.info("loading t5xxl from %s", info.path)
+        return load_component(info.path, "t5xxl", dtype=policy.text_dtype)
     modules = build_model("t5xxl", info.config).named_modules()
     linears = {f"{n}.weight" for n, m in modules if type(m) is nn.Linear and n.startswith("encoder.block.")}
     log.info("loading t5xxl from %s (block weights quantized to fp8 while loading)", info.path)
@@ -181,7 +181,7 @@ def load_text_stack(pre: Preflight, policy: DevicePolicy, *, tokenizer_dir: Path
     """The text encoders present (CPU first; encoding moves them to the device) with their tokenizers."""
     found = pre.components
     config = found["mmditx"].config
-    t5 = _load_t5(pre, policy) if "t5xxl" in found else None
+    t5 = load_t5(found["t5xxl"], policy) if "t5xxl" in found else None
     encoders = TextEncoders(
         clip_l=_load(pre, "clip_l", policy.text_dtype) if "clip_l" in found else None,
         clip_g=_load(pre, "clip_g", policy.text_dtype) if "clip_g" in found else None,

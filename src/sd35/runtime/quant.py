@@ -38,11 +38,26 @@ def fp8_matmul_supported(device: torch.device | str) -> bool:
     return torch.cuda.get_device_capability(device) >= FP8_MIN_CAPABILITY
 
 
+QUANT_CHUNK_ELEMENTS = 1 << 22  # rows converted at a time: fp32 temporaries of ~16 MB, not of the whole weight
+
+
 def quantize_fp8(tensor: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-tensor fp8: (q float8_e4m3fn, scale fp32 0-d) with tensor ≈ q·scale; stays on the tensor's device."""
-    amax = tensor.detach().abs().amax().float().clamp_min(1e-12)
+    """Per-tensor fp8: (q float8_e4m3fn, scale fp32 0-d) with tensor ≈ q·scale; stays on the tensor's device.
+
+    amax from `aminmax` and the conversion in row chunks: no full-size temporary (a T5-XXL FF weight
+    would need 168 MB of fp32), each element computed exactly as (x.float() / scale).clamp(±448).
+    """
+    tensor = tensor.detach()
+    low, high = torch.aminmax(tensor)
+    amax = torch.maximum(low.float().abs(), high.float().abs()).clamp_min(1e-12)
     scale = amax / FP8_MAX
-    q = (tensor.float() / scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    q = torch.empty(tensor.shape, dtype=FP8_DTYPE, device=tensor.device)
+    rows = tensor.reshape(tensor.shape[0], -1) if tensor.ndim else tensor.reshape(1, 1)
+    flat_q = q.view(rows.shape)
+    step = max(1, QUANT_CHUNK_ELEMENTS // max(1, rows.shape[1]))
+    for start in range(0, rows.shape[0], step):
+        chunk = (rows[start : start + step].float() / scale).clamp_(-FP8_MAX, FP8_MAX)  # a new tensor: x untouched
+        flat_q[start : start + step] = chunk.to(FP8_DTYPE)
     return q, scale
 
 
