@@ -32,7 +32,7 @@ from common import bench_configs, header, write_bench_models  # noqa: E402
 CFG, SLG_LAYER = 5.0, 2
 
 
-def build(paths: dict, size: int):  # noqa: ANN201
+def build(paths: dict, size: int, dtype: torch.dtype = torch.float32):  # noqa: ANN201
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
     from sd35.loading.load import load_component
@@ -42,8 +42,8 @@ def build(paths: dict, size: int):  # noqa: ANN201
     from sd35.sampling.schedule import ModelSampling
     from sd35.types import Conditioning
 
-    network = load_component(paths["checkpoint"], "mmditx", dtype=torch.float32)
-    transformer = SD3Transformer2DModel.from_pretrained(Path(paths["diffusers"]) / "transformer").eval()
+    network = load_component(paths["checkpoint"], "mmditx", dtype=dtype)
+    transformer = SD3Transformer2DModel.from_pretrained(Path(paths["diffusers"]) / "transformer").eval().to(dtype)
     g = torch.Generator().manual_seed(1)
     cond, uncond = (
         Conditioning(torch.randn(1, 154, 4096, generator=g), torch.randn(1, 2048, generator=g)) for _ in "ab"
@@ -66,14 +66,15 @@ def build(paths: dict, size: int):  # noqa: ANN201
 
         return step
 
-    pe = torch.cat([uncond.context, cond.context])
-    ppe = torch.cat([uncond.pooled, cond.pooled])
+    pe = torch.cat([uncond.context, cond.context]).to(dtype)  # the pipeline encodes in the transformer dtype
+    ppe = torch.cat([uncond.pooled, cond.pooled]).to(dtype)
+    xd = x.to(dtype)  # and keeps its latents in it
 
     def diffusers_step(with_slg: bool):  # noqa: ANN202
         def step() -> torch.Tensor:  # pipeline_stable_diffusion_3.py __call__, one loop iteration
             t = scheduler.timesteps[3]
             with torch.no_grad():
-                latent_model_input = torch.cat([x] * 2)
+                latent_model_input = torch.cat([xd] * 2)
                 timestep = t.expand(latent_model_input.shape[0])
                 noise_pred = transformer(
                     hidden_states=latent_model_input,
@@ -86,16 +87,16 @@ def build(paths: dict, size: int):  # noqa: ANN201
                 noise_pred = noise_pred_uncond + CFG * (noise_pred_text - noise_pred_uncond)
                 if with_slg:
                     skip = transformer(
-                        hidden_states=x,
+                        hidden_states=xd,
                         timestep=t.expand(x.shape[0]),
-                        encoder_hidden_states=cond.context,
-                        pooled_projections=cond.pooled,
+                        encoder_hidden_states=cond.context.to(dtype),
+                        pooled_projections=cond.pooled.to(dtype),
                         return_dict=False,
                         skip_layers=[SLG_LAYER],
                     )[0]
                     noise_pred = noise_pred + (noise_pred_text - skip) * 2.5
                 scheduler._step_index = 3  # the pipeline's scheduler.step on step 3
-                return scheduler.step(noise_pred, t, x, return_dict=False)[0]
+                return scheduler.step(noise_pred, t, xd, return_dict=False)[0]
 
         return step
 
@@ -139,6 +140,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     parser.add_argument("--malloc", choices=("default", "tuned"), default="tuned")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="both implementations")
     parser.add_argument("--dir", default="/tmp/sd35-bench-models")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -150,14 +152,15 @@ def main() -> None:
 
     tune_allocator(args.malloc == "tuned")
     paths = write_bench_models(Path(args.dir) / f"depth{args.depth}", bench_configs(args.depth))
-    plain, slg = build(paths, args.size)
+    plain, slg = build(paths, args.size, {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype])
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     with torch.inference_mode():
         plain_times, plain_out = timed(plain, args.rounds, clock)
         slg_times, slg_out = timed(slg, args.rounds, clock)
     command = "python benchmarks/bench_steps.py " + " ".join(sys.argv[1:])
     lines = header(
-        f"Per-step A/B, {args.size}², depth {args.depth}, fp32, {args.clock} clock, malloc {args.malloc}", command
+        f"Per-step A/B, {args.size}², depth {args.depth}, {args.dtype}, {args.clock} clock, malloc {args.malloc}",
+        command,
     )
     lines += table("CFG step (batch 2)", plain_times, "diffusers")
     lines += table("CFG + SLG step", slg_times, "diffusers")
