@@ -32,6 +32,7 @@ from sd35.nn.embeddings import (
     crop_pos_embed,
     pad_to_patch_size,
 )
+from sd35.nn.linear import linear
 from sd35.nn.norms import RMSNorm, layer_norm, modulate
 
 QKV = tuple[Tensor, Tensor, Tensor]  # q, k, v, each [B, L, heads, 64]
@@ -68,7 +69,7 @@ class SelfAttention(nn.Module):
         copied) into `q_out`/`k_out` when given, e.g. slices of the joint attention buffers, which saves
         the concatenation; otherwise in place in the projection output (SDPA reads strided views).
         """
-        q, k, v = split_qkv(self.qkv(x), HEAD_DIM)
+        q, k, v = split_qkv(linear(self.qkv, x), HEAD_DIM)
         if self.ln_q is not None and self.ln_k is not None:
             q = self.ln_q(q, out=q if q_out is None else q_out)
             k = self.ln_k(k, out=k if k_out is None else k_out)
@@ -87,8 +88,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        hidden = self.fc1(x)  # [B, L, 4D], the largest activation: GELU runs in place on it
-        return self.fc2(torch.ops.aten.gelu_(hidden, approximate="tanh"))
+        hidden = linear(self.fc1, x, gelu=True)  # [B, L, 4D]: GELU fused or in place (sd35.nn.linear)
+        return linear(self.fc2, hidden)
 
 
 class DismantledBlock(nn.Module):
@@ -131,9 +132,9 @@ class DismantledBlock(nn.Module):
         """
         assert self.attn.proj is not None and self.mlp is not None, "a pre-only block has no post-attention"
         _, _, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods[:6]
-        x = torch.addcmul(x, gate_msa.unsqueeze(1), self.attn.proj(attn))
+        x = torch.addcmul(x, gate_msa.unsqueeze(1), linear(self.attn.proj, attn))
         if attn2 is not None and self.attn2 is not None:
-            x.addcmul_(mods[8].unsqueeze(1), self.attn2.proj(attn2))
+            x.addcmul_(mods[8].unsqueeze(1), linear(self.attn2.proj, attn2))
         mlp_in = modulate(layer_norm(x, NORM_EPS), shift_mlp, scale_mlp, inplace=True)
         return x.addcmul_(gate_mlp.unsqueeze(1), self.mlp(mlp_in))
 
