@@ -35,6 +35,7 @@ from common import bench_configs, header, med_min, peak_rss_mib, write_bench_mod
 
 PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
 SEED, CFG, SLG_LAYER = 42, 5.0, 2
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def _settings(steps: int):
@@ -114,11 +115,11 @@ def diffusers_tokenizers():
     }
 
 
-def diffusers_pipe(transformer, folder: Path | None = None):  # noqa: ANN001
+def diffusers_pipe(transformer, folder: Path | None = None, dtype: torch.dtype = torch.float32):  # noqa: ANN001
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
     if folder is not None:
-        return StableDiffusion3Pipeline.from_pretrained(folder, torch_dtype=torch.float32, **diffusers_tokenizers())
+        return StableDiffusion3Pipeline.from_pretrained(folder, torch_dtype=dtype, **diffusers_tokenizers())
     empty = dict.fromkeys(
         ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")
     )
@@ -167,7 +168,9 @@ def run_diffusers(pipe, size: int, steps: int, marks: list[float], embeds=None):
     return latents, images, timings
 
 
-def sd35_cli_path(paths: dict, size: int, steps: int, marks: list[float], threads: int | None) -> dict:
+def sd35_cli_path(
+    paths: dict, size: int, steps: int, marks: list[float], threads: int | None, dtype: str = "fp32"
+) -> dict:
     """The stages of `sd35 generate` (pipeline.oneshot.generate_from_files), timed: text encoders loaded,
     used and freed, then the MMDiT + VAE loaded, the CLI's CPU settings applied, sampled, decoded."""
     import gc
@@ -183,7 +186,7 @@ def sd35_cli_path(paths: dict, size: int, steps: int, marks: list[float], thread
         prompt=PROMPT, width=size, height=size, steps=steps, cfg=CFG, sampler="euler", scheduler="normal",
         seed=SEED, slg=slg, negative_zero_after=None,
     )  # fmt: skip
-    policy = DevicePolicy.create("cpu", "fp32")
+    policy = DevicePolicy.create("cpu", dtype)
     files = ModelFiles(model=paths["checkpoint"], clip_l=paths["clip_l"], clip_g=paths["clip_g"], t5xxl=paths["t5xxl"])
     timings, start = {}, time.perf_counter()
     pre = preflight(files)
@@ -208,17 +211,17 @@ def sd35_cli_path(paths: dict, size: int, steps: int, marks: list[float], thread
     return timings
 
 
-def child(which: str, paths: dict, size: int, steps: int, threads: int | None) -> None:
+def child(which: str, paths: dict, size: int, steps: int, threads: int | None, dtype: str = "fp32") -> None:
     """One first image in a fresh process; prints a JSON line."""
     if threads:
         torch.set_num_threads(threads)
     marks: list[float] = []
     t0 = time.perf_counter()
     if which == "sd35":
-        timings = sd35_cli_path(paths, size, steps, marks, threads)
+        timings = sd35_cli_path(paths, size, steps, marks, threads, dtype)
     else:
         start = time.perf_counter()
-        pipe = diffusers_pipe(None, Path(paths["diffusers"]))
+        pipe = diffusers_pipe(None, Path(paths["diffusers"]), DTYPES[dtype])
         timings = {"load": time.perf_counter() - start}
         _, _, more = run_diffusers(pipe, size, steps, marks)
         timings.update(more)
@@ -242,7 +245,7 @@ def latency(args, paths: dict) -> list[str]:  # noqa: ANN001
                 "--paths",
                 json.dumps({k: str(v) for k, v in paths.items()}),
             ]
-            cmd += ["--size", str(args.size), "--steps", str(args.steps)] + (
+            cmd += ["--size", str(args.size), "--steps", str(args.steps), "--dtype", args.dtype] + (
                 ["--threads", str(args.threads)] if args.threads else []
             )
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -339,19 +342,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--dir", default="/tmp/sd35-bench-models")
     parser.add_argument("--parts", default="latency,steps")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="latency part: both pipelines")
     parser.add_argument("--out", default=None, help="also append the markdown to this file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--paths", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, {k: Path(v) for k, v in json.loads(args.paths).items()}, args.size, args.steps, args.threads)
+        paths = {k: Path(v) for k, v in json.loads(args.paths).items()}
+        child(args.child, paths, args.size, args.steps, args.threads, args.dtype)
         return
     if args.threads:
         torch.set_num_threads(args.threads)
     configs = bench_configs(args.depth)
     paths = write_bench_models(Path(args.dir) / f"depth{args.depth}", configs)
     command = "python benchmarks/bench_pipeline.py " + " ".join(sys.argv[1:])
-    lines = header(f"Pipeline: sd35 vs diffusers, {args.size}², {args.steps} steps, fp32 CPU", command)
+    lines = header(f"Pipeline: sd35 vs diffusers, {args.size}², {args.steps} steps, {args.dtype} CPU", command)
     mm = configs["mmditx"]
     lines.append(
         f"- models: MMDiT depth {mm.depth} (attn2 on {list(mm.x_block_self_attn_layers)}), hidden 1536; CLIP-L/G "
