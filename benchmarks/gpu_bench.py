@@ -10,7 +10,8 @@ random-number generation, then 2-3 s per 28-step image).
 
 Rows: diffusers and sd35 at 28 and 40 steps; sd35 with SLG batched vs diffusers' separate SLG pass (its
 'vs diffusers' is against the diffusers SLG row); sd35
-step cache at a few thresholds (speed-up, PSNR of the decoded image vs uncached); sd35 with fp8 weights
+step cache at a few thresholds (speed-up, PSNR of the decoded image vs uncached); sd35 --lowvram (blocks
+streamed from pinned CPU memory: its peak VRAM is the 8 GB mode's); sd35 with fp8 weights
 (torch._scaled_mm when the GPU has fp8 tensor cores); optionally --compile (warm-up reported).
 
     python benchmarks/gpu_bench.py            # on a CUDA machine; prints a markdown table
@@ -223,6 +224,14 @@ def main() -> None:  # noqa: PLR0915
         )
         row("sd35 compile", steps, lambda: run_sd35(ours, vae, cond, policy, size, steps, FastPath()))
         torch._dynamo.reset()
+    # --lowvram: the blocks wait in (pinned) CPU memory, two at most on the device; peak VRAM is the 8 GB mode's
+    for block in ours.joint_blocks:
+        block.to("cpu")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    low = dataclasses.replace(policy, lowvram=True)
+    row("sd35 --lowvram", steps, lambda: run_sd35(ours, vae, cond, low, size, steps, FastPath()))
+    ours.to(device)
     from sd35.runtime.quant import fp8_matmul_supported, quantize_fp8_
 
     quantize_fp8_(ours.joint_blocks)  # last: changes the model in place
