@@ -97,6 +97,10 @@ def test_upload_is_confined_and_never_overwrites_without_the_flag(client, secret
     assert (input_dir / "cat.png").read_bytes() == _png()
     assert _upload(client, "cat.png", other, overwrite="true").json()["name"] == "cat.png"
     assert (input_dir / "cat.png").read_bytes() == other
+    mask = os.umask(0)
+    os.umask(mask)
+    assert ((input_dir / "cat.png").stat().st_mode & 0o777) == 0o666 & ~mask  # not mkstemp's 0600
+    assert not [p for p in input_dir.iterdir() if p.name.startswith(".upload.")]  # no temp file left
     nested = _upload(client, "dog.png", _png(), subfolder="pets/2025").json()
     assert nested == {"name": "dog.png", "subfolder": "pets/2025", "type": "input"}
     os.symlink(secret_outside, input_dir / "link.png")

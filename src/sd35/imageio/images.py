@@ -36,7 +36,7 @@ def save_png(
     try:
         with os.fdopen(fd, "wb") as handle:
             Image.fromarray(pixels).save(handle, format="PNG", pnginfo=info, compress_level=compress_level)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; images get the usual permissions
+        os.chmod(tmp, new_file_mode())  # mkstemp makes 0600 files; images get the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -45,10 +45,23 @@ def save_png(
     return path
 
 
-def _umask() -> int:
+def new_file_mode() -> int:
+    """0o666 minus the process umask: the mode `open()` would give a new file (mkstemp gives 0600).
+
+    The umask is read from /proc/self/status where there is one: setting it to read it back (the only
+    portable way) changes it process-wide for a moment, which a server thread creating a file then would
+    inherit.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def load_image(path: str | Path) -> np.ndarray:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from sd35.imageio.images import new_file_mode
+
 FOLDER_TYPES = ("output", "input", "temp")
 
 # Formats an upload may have (PIL format name -> extensions that are accepted for it).
@@ -180,6 +182,7 @@ def _write_atomic(path: Path, data: bytes, *, replace: bool) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, new_file_mode())  # mkstemp makes 0600 files; uploads get the usual permissions
         if replace:
             os.replace(tmp, path)  # replaces a symlink itself, never the file it points to
         else:
