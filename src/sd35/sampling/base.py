@@ -81,6 +81,17 @@ def report(on_step: OnStep | None, step: int, sigmas: list[float], x: Tensor, de
         on_step(StepInfo(step, len(sigmas) - 1, sigmas[step], sigmas[step + 1], x, denoised))
 
 
+def first_eval(denoise: DenoiseFn, x: Tensor, sigmas: list[float], step: int, on_step: OnStep | None) -> Tensor:
+    """The prologue of a sampler step: denoised [B, C, H, W] = D(x, sigmas[step]), reported to `on_step`.
+
+    ComfyUI calls its sampler callback right after a step's first model evaluation; `on_step` may raise
+    Cancelled there, before the rest of the step runs.
+    """
+    denoised = evaluate(denoise, x, sigmas[step], step)
+    report(on_step, step, sigmas, x, denoised)
+    return denoised
+
+
 def ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tuple[float, float]:
     """k-diffusion `get_ancestral_step` (VE sense): (σ_down, σ_up) with σ_down² + σ_up² = σ_to²."""
     if not eta:

@@ -11,7 +11,7 @@ import math
 from torch import Tensor
 
 from sd35.sampling._special import lagrange_integral
-from sd35.sampling.base import DenoiseFn, OnStep, evaluate, report, sigma_list
+from sd35.sampling.base import DenoiseFn, OnStep, first_eval, sigma_list
 from sd35.sampling.schedule import ModelSampling
 
 _MS = ModelSampling()
@@ -34,8 +34,7 @@ def sample_dpmpp_2m(
     s = sigma_list(sigmas)
     old_denoised: Tensor | None = None
     for i in range(len(s) - 1):
-        denoised = evaluate(denoise, x, s[i], i)
-        report(on_step, i, s, x, denoised)
+        denoised = first_eval(denoise, x, s, i, on_step)
         if s[i + 1] == 0:
             x = denoised
         else:
@@ -64,9 +63,8 @@ def sample_lms(
     s = sigma_list(sigmas)
     derivatives: list[Tensor] = []
     for i in range(len(s) - 1):
-        denoised = evaluate(denoise, x, s[i], i)
+        denoised = first_eval(denoise, x, s, i, on_step)
         derivatives = [*derivatives, (x - denoised) / s[i]][-order:]
-        report(on_step, i, s, x, denoised)
         if s[i + 1] == 0:
             x = denoised
             continue
@@ -121,8 +119,7 @@ def _ipndm(
     s = sigma_list(sigmas)
     history: list[Tensor] = []  # the last max_order−1 derivatives, oldest first
     for i in range(len(s) - 1):
-        denoised = evaluate(denoise, x, s[i], i)
-        report(on_step, i, s, x, denoised)
+        denoised = first_eval(denoise, x, s, i, on_step)
         d = (x - denoised) / s[i]
         if s[i + 1] == 0:
             x_next = denoised

@@ -12,7 +12,7 @@ import math
 
 from torch import Tensor
 
-from sd35.sampling.base import DenoiseFn, OnStep, ancestral_step, evaluate, report, sigma_list
+from sd35.sampling.base import DenoiseFn, OnStep, ancestral_step, evaluate, first_eval, sigma_list
 from sd35.sampling.noise import BrownianPath
 from sd35.sampling.schedule import ModelSampling
 
@@ -54,8 +54,7 @@ def sample_dpmpp_sde(
     noise = BrownianPath(x, seed)
     r, eta = 0.5, 1.0
     for i in range(len(s) - 1):
-        denoised = evaluate(denoise, x, s[i], i)
-        report(on_step, i, s, x, denoised)
+        denoised = first_eval(denoise, x, s, i, on_step)
         if s[i + 1] == 0:
             x = denoised
             continue
@@ -101,8 +100,7 @@ def _dpmpp_multistep_sde(
     h_1: float | None = None
     h_2: float | None = None
     for i in range(len(s) - 1):
-        denoised = evaluate(denoise, x, s[i], i)
-        report(on_step, i, s, x, denoised)
+        denoised = first_eval(denoise, x, s, i, on_step)
         if s[i + 1] == 0:
             x = denoised
         else:

@@ -11,7 +11,7 @@ import math
 
 from torch import Tensor
 
-from sd35.sampling.base import DenoiseFn, OnStep, evaluate, report, rf_ancestral_step, sigma_list
+from sd35.sampling.base import DenoiseFn, OnStep, evaluate, first_eval, rf_ancestral_step, sigma_list
 from sd35.sampling.flow import noise_latent
 from sd35.sampling.noise import ancestral_noise_sampler
 from sd35.sampling.schedule import ModelSampling
@@ -31,8 +31,7 @@ def sample_euler(
     """`euler` (and `ddim`, which ComfyUI maps to euler): d = (x − D)/σ; x ← x + d·(σ_next − σ)."""
     s = sigma_list(sigmas)
     for i in range(len(s) - 1):
-        denoised = evaluate(denoise, x, s[i], i)
-        report(on_step, i, s, x, denoised)
+        denoised = first_eval(denoise, x, s, i, on_step)
         x = x + (x - denoised) / s[i] * (s[i + 1] - s[i])
     return x
 
@@ -54,8 +53,7 @@ def sample_euler_ancestral(
     s = sigma_list(sigmas)
     noise = ancestral_noise_sampler(x, seed)
     for i in range(len(s) - 1):
-        denoised = evaluate(denoise, x, s[i], i)
-        report(on_step, i, s, x, denoised)
+        denoised = first_eval(denoise, x, s, i, on_step)
         if s[i + 1] == 0:
             x = denoised
             continue
@@ -79,8 +77,7 @@ def sample_heun(
     evaluation at σ_next; the last step (σ_next = 0) is plain Euler."""
     s = sigma_list(sigmas)
     for i in range(len(s) - 1):
-        denoised = evaluate(denoise, x, s[i], i)
-        report(on_step, i, s, x, denoised)
+        denoised = first_eval(denoise, x, s, i, on_step)
         d = (x - denoised) / s[i]
         dt = s[i + 1] - s[i]
         if s[i + 1] == 0:
@@ -115,8 +112,7 @@ def sample_dpm_2(
     """
     s = sigma_list(sigmas)
     for i in range(len(s) - 1):
-        denoised = evaluate(denoise, x, s[i], i)
-        report(on_step, i, s, x, denoised)
+        denoised = first_eval(denoise, x, s, i, on_step)
         d = (x - denoised) / s[i]
         if s[i + 1] == 0:
             x = x + d * (s[i + 1] - s[i])
@@ -139,9 +135,8 @@ def sample_dpm_2_ancestral(
     s = sigma_list(sigmas)
     noise = ancestral_noise_sampler(x, seed)
     for i in range(len(s) - 1):
-        denoised = evaluate(denoise, x, s[i], i)
+        denoised = first_eval(denoise, x, s, i, on_step)
         sigma_down, renoise, rescale = rf_ancestral_step(s[i], s[i + 1])
-        report(on_step, i, s, x, denoised)
         d = (x - denoised) / s[i]
         if sigma_down == 0:
             x = x + d * (sigma_down - s[i])
@@ -169,9 +164,8 @@ def sample_dpmpp_2s_ancestral(
     s = sigma_list(sigmas)
     noise = ancestral_noise_sampler(x, seed)
     for i in range(len(s) - 1):
-        denoised = evaluate(denoise, x, s[i], i)
+        denoised = first_eval(denoise, x, s, i, on_step)
         sigma_down, renoise, rescale = rf_ancestral_step(s[i], s[i + 1])
-        report(on_step, i, s, x, denoised)
         if s[i + 1] == 0:
             x = x + (x - denoised) / s[i] * (sigma_down - s[i])
             continue
@@ -201,8 +195,7 @@ def sample_lcm(
     s = sigma_list(sigmas)
     noise = ancestral_noise_sampler(x, seed)
     for i in range(len(s) - 1):
-        denoised = evaluate(denoise, x, s[i], i)
-        report(on_step, i, s, x, denoised)
+        denoised = first_eval(denoise, x, s, i, on_step)
         x = denoised
         if s[i + 1] > 0:
             x = noise_latent(x, noise(s[i], s[i + 1]), s[i + 1])

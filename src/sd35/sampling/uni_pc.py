@@ -26,7 +26,7 @@ import math
 import torch
 from torch import Tensor
 
-from sd35.sampling.base import DenoiseFn, OnStep, StepInfo, evaluate, sigma_list
+from sd35.sampling.base import DenoiseFn, OnStep, evaluate, first_eval, report, sigma_list
 from sd35.sampling.schedule import ModelSampling
 
 _MS = ModelSampling()
@@ -103,10 +103,8 @@ def _unipc(denoise: DenoiseFn, x: Tensor, sigmas: Tensor, on_step: OnStep | None
         s[-1] = _FINAL_SIGMA
     steps = len(s) - 1
     order = min(3, steps - 1)
-    model_0 = evaluate(denoise, x, s[0], 0)
+    model_0 = first_eval(denoise, x, s, 0, on_step)
     models, times = [model_0], [s[0]]
-    if on_step is not None:
-        on_step(StepInfo(0, steps, s[0], s[1], x, model_0))
     for i in range(1, steps):
         if i < order:  # warm-up: growing order, corrector on
             x, model_x = _update(denoise, x, models, times, s[i], i, variant, corrector_step=i)
@@ -116,8 +114,7 @@ def _unipc(denoise: DenoiseFn, x: Tensor, sigmas: Tensor, on_step: OnStep | None
             x, model_x = _update(denoise, x, models, times, s[i], min(order, steps + 1 - i), variant, i)
             assert model_x is not None
             models, times = [*models[1:], model_x], [*times[1:], s[i]]
-        if on_step is not None:
-            on_step(StepInfo(i, steps, s[i], s[i + 1], x, models[-1]))
+        report(on_step, i, s, x, models[-1])
     if steps >= 2:  # the final step to σ_N: lower order, no corrector, no model call
         x, _ = _update(denoise, x, models, times, s[steps], min(order, 1), variant, corrector_step=None)
     return x
