@@ -124,15 +124,24 @@ def _latent_in(latent: Latent) -> torch.Tensor:
     return samples
 
 
-def run_sampler(
+def common_ksampler(
     services: Services,
     model: DiffusionModel,
+    seed: int,
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    scheduler: str,
     positive: CondList,
     negative: CondList,
     latent: Latent,
-    settings: SamplingSettings,
     context: NodeContext,
+    **options: Any,
 ) -> tuple[Latent]:
+    """ComfyUI `common_ksampler`: the inputs both KSampler nodes share, in the same order, plus node-specific
+    `options` (further SamplingSettings fields); reports per-step progress to `context`."""
+    settings = SamplingSettings(seed=seed, steps=steps, cfg=cfg, sampler=sampler_name, scheduler=scheduler, **options)
+
     def on_step(info: StepInfo) -> None:
         context.report_progress(info.step + 1, info.total)  # raises Cancelled when interrupted
 
@@ -156,10 +165,10 @@ def ksampler(
     context: NodeContext,
 ) -> tuple[Latent]:
     """ComfyUI KSampler: full noise at `seed`, then `steps` steps (of int(steps/denoise) when denoise < 1)."""
-    settings = SamplingSettings(
-        seed=seed, steps=steps, cfg=cfg, sampler=sampler_name, scheduler=scheduler, denoise=denoise
-    )
-    return run_sampler(services, model, positive, negative, latent_image, settings, context)
+    return common_ksampler(
+        services, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, context,
+        denoise=denoise,
+    )  # fmt: skip
 
 
 def ksampler_advanced(
@@ -182,18 +191,13 @@ def ksampler_advanced(
 ) -> tuple[Latent]:
     """ComfyUI KSamplerAdvanced: the schedule for `steps`, run from start_at_step to end_at_step (last sigma
     forced to 0 unless leftover noise is returned); add_noise "disable" starts from the latent as is."""
-    settings = SamplingSettings(
-        seed=noise_seed,
-        steps=steps,
-        cfg=cfg,
-        sampler=sampler_name,
-        scheduler=scheduler,
+    return common_ksampler(
+        services, model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, context,
         add_noise=add_noise == "enable",
         start_step=start_at_step,
         end_step=end_at_step,
         leftover_noise=return_with_leftover_noise == "enable",
-    )
-    return run_sampler(services, model, positive, negative, latent_image, settings, context)
+    )  # fmt: skip
 
 
 def ksampler_specs(services: Services) -> list[NodeSpec]:
