@@ -309,42 +309,41 @@ def _patch_specs() -> list[NodeSpec]:
             display_name="ModelSamplingSD3",
             python_module="comfy_extras.nodes_model_advanced",
         ),
-        NodeSpec(
-            "SkipLayerGuidanceSD3",
-            inputs=(
-                InputSpec("model", "MODEL"),
-                InputSpec("layers", "STRING", default="7, 8, 9", extra=(("multiline", False),)),
-                InputSpec("scale", "FLOAT", default=3.0, min=0.0, max=10.0, step=0.1),
-                InputSpec("start_percent", "FLOAT", default=0.01, min=0.0, max=1.0, step=0.001),
-                InputSpec("end_percent", "FLOAT", default=0.15, min=0.0, max=1.0, step=0.001),
-            ),
-            outputs=(OutputSpec("MODEL"),),
-            function=skip_layer_guidance_sd3,
-            category="advanced/guidance",
-            description="Generic version of SkipLayerGuidance node that can be used on every DiT model.",
-            python_module="comfy_extras.nodes_sd3",
-            experimental=True,
-        ),
-        NodeSpec(
+        _slg_spec("SkipLayerGuidanceSD3", ("layers",), skip_layer_guidance_sd3, "comfy_extras.nodes_sd3"),
+        _slg_spec(
             "SkipLayerGuidanceDiT",
-            inputs=(
-                InputSpec("model", "MODEL"),
-                InputSpec("double_layers", "STRING", default="7, 8, 9", extra=(("multiline", False),)),
-                InputSpec("single_layers", "STRING", default="7, 8, 9", extra=(("multiline", False),)),
-                InputSpec("scale", "FLOAT", default=3.0, min=0.0, max=10.0, step=0.1),
-                InputSpec("start_percent", "FLOAT", default=0.01, min=0.0, max=1.0, step=0.001),
-                InputSpec("end_percent", "FLOAT", default=0.15, min=0.0, max=1.0, step=0.001),
-                InputSpec("rescaling_scale", "FLOAT", default=0.0, min=0.0, max=10.0, step=0.01),
-            ),
-            outputs=(OutputSpec("MODEL"),),
-            function=skip_layer_guidance_dit,
-            category="advanced/guidance",
-            description="Generic version of SkipLayerGuidance node that can be used on every DiT model.",
-            python_module="comfy_extras.nodes_slg",
-            experimental=True,
+            ("double_layers", "single_layers"),
+            skip_layer_guidance_dit,
+            "comfy_extras.nodes_slg",
+            InputSpec("rescaling_scale", "FLOAT", default=0.0, min=0.0, max=10.0, step=0.01),
             validate_inputs=check_rescaling,
         ),
     ]
+
+
+def _slg_spec(
+    name: str, layer_inputs: tuple[str, ...], function: Any, python_module: str, *extra: InputSpec, **options: Any
+) -> NodeSpec:
+    """SkipLayerGuidanceSD3 / SkipLayerGuidanceDiT (in ComfyUI the SD3 node subclasses the DiT one): MODEL, the
+    layer lists ("7, 8, 9" strings), the same scale and sigma-window inputs, then `extra` inputs."""
+    return NodeSpec(
+        name,
+        inputs=(
+            InputSpec("model", "MODEL"),
+            *(InputSpec(layers, "STRING", default="7, 8, 9", extra=(("multiline", False),)) for layers in layer_inputs),
+            InputSpec("scale", "FLOAT", default=3.0, min=0.0, max=10.0, step=0.1),
+            InputSpec("start_percent", "FLOAT", default=0.01, min=0.0, max=1.0, step=0.001),
+            InputSpec("end_percent", "FLOAT", default=0.15, min=0.0, max=1.0, step=0.001),
+            *extra,
+        ),
+        outputs=(OutputSpec("MODEL"),),
+        function=function,
+        category="advanced/guidance",
+        description="Generic version of SkipLayerGuidance node that can be used on every DiT model.",
+        python_module=python_module,
+        experimental=True,
+        **options,
+    )
 
 
 STEPS_TOOLTIP = "The number of steps used in the denoising process."
