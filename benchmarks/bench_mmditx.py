@@ -17,16 +17,19 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 from diffusers import SD3Transformer2DModel
-from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
 
 from sd35.models.configs import SD35_MEDIUM
 from sd35.models.mmditx import MMDiTX
 from sd35.nn.init import randomize_
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import diffusers_transformer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mmditx.md"
 
@@ -37,22 +40,7 @@ def build(depth: int, attn2: int) -> tuple[MMDiTX, SD3Transformer2DModel]:
         SD35_MEDIUM, depth=depth, pos_embed_max_size=96, x_block_self_attn_layers=tuple(range(attn2))
     )
     ours = randomize_(MMDiTX(config, device="meta").to_empty(device="cpu"), seed=0).eval()
-    official = {f"model.diffusion_model.{k}": v.clone() for k, v in ours.state_dict().items()}
-    with torch.device("meta"):
-        theirs = SD3Transformer2DModel(
-            sample_size=128,
-            num_layers=depth,
-            attention_head_dim=64,
-            num_attention_heads=config.num_heads,
-            joint_attention_dim=config.context_in_dim,
-            caption_projection_dim=config.hidden_size,
-            pooled_projection_dim=config.adm_in_channels,
-            pos_embed_max_size=config.pos_embed_max_size,
-            qk_norm="rms_norm",
-            dual_attention_layers=config.x_block_self_attn_layers,
-        )
-    theirs.load_state_dict(convert_sd3_transformer_checkpoint_to_diffusers(official), strict=True, assign=True)
-    return ours, theirs.eval()
+    return ours, diffusers_transformer(ours)
 
 
 def machine() -> str:

@@ -14,11 +14,12 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
+from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
 from sd35.models.configs import MMDiTXConfig
 from sd35.models.mmditx import MMDiTX
@@ -31,6 +32,9 @@ from sd35.sampling.guidance import SkipLayerGuidance
 from sd35.sampling.noise import seeded_noise
 from sd35.sampling.schedule import ModelSampling
 from sd35.types import Conditioning
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import diffusers_transformer  # noqa: E402
 
 
 def main() -> None:
@@ -45,14 +49,7 @@ def main() -> None:
         depth=args.depth, hidden_size=1536, pos_embed_max_size=latent_side // 2, x_block_self_attn_layers=(0,)
     )
     ours = randomize_(MMDiTX(config), seed=0).eval()
-    official = {f"model.diffusion_model.{k}": v.clone() for k, v in ours.state_dict().items()}
-    theirs = SD3Transformer2DModel(
-        sample_size=latent_side, patch_size=2, in_channels=16, num_layers=args.depth, attention_head_dim=64,
-        num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
-        out_channels=16, pos_embed_max_size=config.pos_embed_max_size, dual_attention_layers=(0,), qk_norm="rms_norm",
-    )  # fmt: skip
-    theirs.load_state_dict(convert_sd3_transformer_checkpoint_to_diffusers(official), strict=True)
-    theirs.eval()
+    theirs = diffusers_transformer(ours)
     g = torch.Generator().manual_seed(1)
     cond = Conditioning(torch.randn(1, 154, 4096, generator=g), torch.randn(1, 2048, generator=g))
     uncond = Conditioning(torch.randn(1, 154, 4096, generator=g), torch.randn(1, 2048, generator=g))

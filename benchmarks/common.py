@@ -17,6 +17,7 @@ import platform
 import resource
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,10 @@ from sd35.loading.keymaps import OFFICIAL_PREFIXES
 from sd35.loading.load import build_model
 from sd35.models.configs import CLIP_G, CLIP_L, SD35_MEDIUM, T5_XXL, AutoencoderConfig
 from sd35.nn.init import randomize_
+
+# diffusers' twin of an MMDiTX: one helper for the parity tests and the benchmarks (tests/diffusers_twin.py)
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
+from diffusers_twin import diffusers_transformer as diffusers_transformer  # noqa: E402
 
 MIB = 2**20
 

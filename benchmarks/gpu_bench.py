@@ -25,6 +25,7 @@ import dataclasses
 import math
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -40,6 +41,9 @@ from sd35.sampling.guidance import SkipLayerGuidance
 from sd35.sampling.noise import seeded_noise
 from sd35.sampling.schedule import ModelSampling
 from sd35.types import Conditioning
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import diffusers_transformer  # noqa: E402
 
 SEED, CFG = 7, 5.0
 
@@ -65,25 +69,18 @@ def randomize_on_device(module: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 def build(tiny: bool, device: torch.device, dtype: torch.dtype):  # noqa: ANN201
     from diffusers import AutoencoderKL as DiffusersVAE
-    from diffusers import SD3Transformer2DModel
-    from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
 
-    from sd35.loading.diffusers_format import official_to_diffusers_state, transformer_config, vae_config
+    from sd35.loading.diffusers_format import official_to_diffusers_state, vae_config
 
     mm_config = TINY_MMDITX if tiny else SD35_MEDIUM
     vae_cfg = TINY_VAE if tiny else AutoencoderConfig()
     ours = randomize_on_device(MMDiTX(mm_config, device="meta").to_empty(device=device).to(dtype), SEED).eval()
     vae = randomize_on_device(AutoencoderKL(vae_cfg, device="meta").to_empty(device=device).to(dtype), SEED + 1).eval()
-    official = {f"model.diffusion_model.{k}": v for k, v in ours.state_dict().items()}
-    cfg = {k: v for k, v in transformer_config(mm_config).items() if not k.startswith("_")}
-    with torch.device("meta"):
-        theirs = SD3Transformer2DModel(**cfg)
-    theirs.load_state_dict(convert_sd3_transformer_checkpoint_to_diffusers(official), strict=True, assign=True)
-    del official
+    theirs = diffusers_transformer(ours, copy=False)  # shares the weights' memory where it can
     vcfg = {k: v for k, v in vae_config(vae_cfg).items() if not k.startswith("_")}
     their_vae = DiffusersVAE(**vcfg).to(device=device, dtype=dtype)
     their_vae.load_state_dict(official_to_diffusers_state("vae", vae.state_dict()), strict=True)
-    return ours, vae, theirs.eval(), their_vae.eval()
+    return ours, vae, theirs, their_vae.eval()
 
 
 def sync(device: torch.device) -> None:

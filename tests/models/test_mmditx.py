@@ -13,9 +13,9 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
+from diffusers import FlowMatchEulerDiscreteScheduler
 
+from diffusers_twin import diffusers_transformer
 from sd35.errors import UserInputError
 from sd35.models.configs import SD3_MEDIUM, SD35_MEDIUM, TINY_MMDITX, MMDiTXConfig
 from sd35.models.mmditx import MMDiTX
@@ -31,31 +31,6 @@ def _ours(config: MMDiTXConfig, seed: int = 0) -> MMDiTX:
     return randomize_(model, seed).eval()
 
 
-def _diffusers_twin(model: MMDiTX) -> SD3Transformer2DModel:
-    """diffusers model holding the same weights, converted from the official single-file layout."""
-    config = model.config
-    official = {f"model.diffusion_model.{k}": v for k, v in model.state_dict().items()}
-    converted = convert_sd3_transformer_checkpoint_to_diffusers(official)
-    with torch.device("meta"):
-        twin = SD3Transformer2DModel(
-            sample_size=config.pos_embed_max_size,
-            patch_size=config.patch_size,
-            in_channels=config.in_channels,
-            out_channels=config.out_channels,
-            num_layers=config.depth,
-            attention_head_dim=64,
-            num_attention_heads=config.num_heads,
-            joint_attention_dim=config.context_in_dim,
-            caption_projection_dim=config.hidden_size,
-            pooled_projection_dim=config.adm_in_channels,
-            pos_embed_max_size=config.pos_embed_max_size,
-            qk_norm="rms_norm" if config.qk_norm else None,
-            dual_attention_layers=config.x_block_self_attn_layers,
-        )
-    twin.load_state_dict(converted, strict=True, assign=True)
-    return twin.eval()
-
-
 def _inputs(config: MMDiTXConfig, batch: int, height: int, width: int, ctx_len: int, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, config.in_channels, height, width, generator=g)
@@ -68,7 +43,7 @@ def _inputs(config: MMDiTXConfig, batch: int, height: int, width: int, ctx_len: 
 def _max_diff(config: MMDiTXConfig, shape: tuple[int, int, int, int], skip: tuple[int, ...] = ()) -> float:
     batch, height, width, ctx_len = shape
     model = _ours(config)
-    twin = _diffusers_twin(model)
+    twin = diffusers_transformer(model, copy=False)
     x, t, pooled, context = _inputs(config, batch, height, width, ctx_len)
     with torch.no_grad():
         ours = model(x, t, pooled, context, skip_layers=skip)
@@ -101,7 +76,7 @@ def test_skip_layers_match_diffusers(skip: tuple[int, ...]) -> None:
 def test_odd_latent_is_padded_circularly_and_cropped() -> None:
     """A 9x11 latent equals diffusers on the circularly padded 10x12 latent, cropped (ComfyUI behaviour)."""
     model = _ours(TINY_MMDITX)
-    twin = _diffusers_twin(model)
+    twin = diffusers_transformer(model, copy=False)
     x, t, pooled, context = _inputs(TINY_MMDITX, 2, 9, 11, 20)
     with torch.no_grad():
         ours = model(x, t, pooled, context)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from diffusers_twin import diffusers_transformer
 from sd35.models.autoencoder import AutoencoderKL
 from sd35.models.configs import TINY_MMDITX, TINY_VAE
 from sd35.models.mmditx import MMDiTX
@@ -23,33 +24,9 @@ from sd35.sampling.schedule import ModelSampling
 from sd35.types import Conditioning
 
 diffusers = pytest.importorskip("diffusers")
-from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers  # noqa: E402
 
 STEPS = 8
 HEIGHT, WIDTH = 96, 128  # latent 12 x 16
-
-
-def _diffusers_transformer(model: MMDiTX) -> torch.nn.Module:
-    config = model.config
-    official = {f"model.diffusion_model.{k}": v.clone() for k, v in model.state_dict().items()}
-    converted = convert_sd3_transformer_checkpoint_to_diffusers(official)
-    transformer = diffusers.SD3Transformer2DModel(
-        sample_size=HEIGHT // 8,
-        patch_size=config.patch_size,
-        in_channels=16,
-        num_layers=config.depth,
-        attention_head_dim=64,
-        num_attention_heads=config.num_heads,
-        joint_attention_dim=config.context_in_dim,
-        caption_projection_dim=config.hidden_size,
-        pooled_projection_dim=config.adm_in_channels,
-        out_channels=16,
-        pos_embed_max_size=config.pos_embed_max_size,
-        dual_attention_layers=tuple(config.x_block_self_attn_layers),
-        qk_norm="rms_norm" if config.qk_norm else None,
-    )
-    transformer.load_state_dict(converted, strict=True)
-    return transformer.eval()
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +34,7 @@ def models():
     torch.manual_seed(0)
     model = randomize_(MMDiTX(TINY_MMDITX), seed=11).eval()
     vae = randomize_(AutoencoderKL(TINY_VAE), seed=12).eval()
-    return model, vae, _diffusers_transformer(model)
+    return model, vae, diffusers_transformer(model)
 
 
 def _conditioning(seed: int) -> Conditioning:
