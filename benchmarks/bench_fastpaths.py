@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_configs, header, psnr, write_bench_models  # noqa: E402
+from common import CLOCKS, bench_configs, clock_and_threads, emit, header, psnr, write_bench_models  # noqa: E402
 
 from sd35.models.autoencoder import AutoencoderKL  # noqa: E402
 from sd35.models.configs import TINY_MMDITX, TINY_VAE  # noqa: E402
@@ -49,9 +49,6 @@ def load(kind: str, root: Path) -> tuple[MMDiTX, AutoencoderKL]:
 
     paths = write_bench_models(root / "depth6", bench_configs(6))
     return load_component(paths["checkpoint"], "mmditx"), load_component(paths["checkpoint"], "vae")
-
-
-CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def run(network, vae, conds, size, steps, policy, fast, channels_last=None, clock=time.perf_counter):  # noqa: ANN001, ANN201
@@ -78,14 +75,13 @@ def main() -> None:  # noqa: PLR0915
     parser.add_argument("--cache", default="0.1,0.5,0.7,1.0", help="step-cache thresholds")
     parser.add_argument("--skip", default="", help="comma-separated rows to skip: bf16,int8,compile,threads")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--clock", choices=tuple(CLOCK), default="wall", help="cpu: process CPU time (use --threads 1)")
+    parser.add_argument(
+        "--clock", choices=tuple(CLOCKS), default="wall", help="cpu: process CPU time (use --threads 1)"
+    )
     parser.add_argument("--dir", default="/tmp/sd35-bench-models")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    if args.clock == "cpu" and args.threads != 1:
-        sys.exit("--clock cpu needs --threads 1 (CPU time of several threads counts spin-waiting)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    clock = clock_and_threads(args)
     tune_allocator(True)
     network, vae = load(args.model, Path(args.dir))
     cfg = network.config
@@ -103,7 +99,7 @@ def main() -> None:  # noqa: PLR0915
     def row(name: str, net, policy=fp32, fast=None, vae_model=vae, channels_last=None) -> None:  # noqa: ANN001
         nonlocal reference
         images, sample_s, decode_s = run(
-            net, vae_model, conds, args.size, args.steps, policy, fast, channels_last, CLOCK[args.clock]
+            net, vae_model, conds, args.size, args.steps, policy, fast, channels_last, clock
         )
         if reference is None:
             reference = images
@@ -159,11 +155,7 @@ def main() -> None:  # noqa: PLR0915
     lines.append(
         f"\n'vs plain' divides by the faster of the two plain runs. Load at end: {__import__('os').getloadavg()}"
     )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(text + "\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,8 @@ import argparse
 import dataclasses
 import datetime
 import os
-import platform
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,7 +26,7 @@ from sd35.models.mmditx import MMDiTX
 from sd35.nn.init import randomize_
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import diffusers_transformer  # noqa: E402
+from common import alternate, cpu_model, diffusers_transformer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mmditx.md"
 
@@ -44,14 +41,7 @@ def build(depth: int, attn2: int) -> tuple[MMDiTX, SD3Transformer2DModel]:
 
 
 def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return f"{model}, {torch.get_num_threads()} torch threads (os.cpu_count() = {os.cpu_count()})"
+    return f"{cpu_model()}, {torch.get_num_threads()} torch threads (os.cpu_count() = {os.cpu_count()})"
 
 
 def main() -> None:
@@ -78,16 +68,9 @@ def main() -> None:
         "sd35 MMDiTX": lambda: ours(x, t, pooled, context),
         "diffusers SD3Transformer2DModel": lambda: theirs(x, context, pooled, t, return_dict=False)[0],
     }
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    outputs = {}
+    outputs: dict = {}
     with torch.inference_mode():
-        for i in range(args.warmup + args.runs):
-            # Alternate the models and which goes first, so load from other processes hits both alike.
-            for name, call in list(calls.items())[:: 1 if i % 2 else -1]:
-                start = time.perf_counter()
-                outputs[name] = call()
-                if i >= args.warmup:
-                    times[name].append(time.perf_counter() - start)
+        times = alternate(calls, args.runs, args.warmup, outputs=outputs)
     load_after = os.getloadavg()[0]
     diff = (outputs["sd35 MMDiTX"] - outputs["diffusers SD3Transformer2DModel"]).abs().max().item()
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header  # noqa: E402
+from common import alternate, emit, header  # noqa: E402
 
 from sd35.nn.norms import rms_norm  # noqa: E402
 from sd35.runtime.cpu import tune_allocator  # noqa: E402
@@ -100,23 +100,13 @@ def main() -> None:
         groups += [(title, calls, args.vae_rounds) for title, calls in vae_pair(args.vae).items()]
     with torch.inference_mode():
         for title, calls, rounds in groups:
-            times: dict[str, list[float]] = {name: [] for name in calls}
-            for i in range(rounds + 1):
-                for name, call in list(calls.items())[:: 1 if i % 2 else -1]:
-                    start = time.process_time()
-                    call()
-                    if i:
-                        times[name].append(time.process_time() - start)
+            times = alternate(calls, rounds, clock=time.process_time)
             first = statistics.median(next(iter(times.values())))
             for name, ts in times.items():
                 med = statistics.median(ts)
                 lines.append(f"| {title} | {name} | {med * 1e3:.1f} | {min(ts) * 1e3:.1f} | {med / first:.2f} |")
     tune_allocator(False)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(text + "\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

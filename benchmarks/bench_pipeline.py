@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_configs, header, med_min, peak_rss_mib, write_bench_models  # noqa: E402
+from common import bench_configs, emit, header, load_average, med_min, peak_rss_mib, write_bench_models  # noqa: E402
 
 PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
 SEED, CFG, SLG_LAYER = 42, 5.0, 2
@@ -367,12 +367,8 @@ def main() -> None:
         lines += latency(args, paths)
     if "steps" in args.parts:
         lines += steps_ab(args, paths)
-    lines.append(f"- load average at end: {', '.join(f'{v:.2f}' for v in __import__('os').getloadavg())}")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(text + "\n")
+    lines.append(f"- load average at end: {load_average()}")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -21,13 +21,21 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_configs, header, write_bench_models  # noqa: E402
+from common import (  # noqa: E402
+    CLOCKS,
+    alternate,
+    bench_configs,
+    clock_and_threads,
+    emit,
+    header,
+    load_average,
+    write_bench_models,
+)
 
 CFG, SLG_LAYER = 5.0, 2
 
@@ -109,18 +117,6 @@ def build(paths: dict, size: int, dtype: torch.dtype = torch.float32):  # noqa: 
     return plain, slg_calls
 
 
-def timed(calls: dict, rounds: int, clock) -> tuple[dict[str, list[float]], dict]:  # noqa: ANN001
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    outs = {}
-    for i in range(rounds + 1):  # round 0 warms up
-        for name, call in list(calls.items())[:: 1 if i % 2 else -1]:
-            start = clock()
-            outs[name] = call()
-            if i:
-                times[name].append(clock() - start)
-    return times, outs
-
-
 def table(title: str, times: dict[str, list[float]], base: str) -> list[str]:
     lines = ["", f"| {title} | median s | min s | median vs diffusers | min vs diffusers |", "|---|---|---|---|---|"]
     b_med, b_min = statistics.median(times[base]), min(times[base])
@@ -138,25 +134,23 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall")
     parser.add_argument("--malloc", choices=("default", "tuned"), default="tuned")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="both implementations")
     parser.add_argument("--dir", default="/tmp/sd35-bench-models")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    if args.clock == "cpu" and args.threads != 1:
-        sys.exit("--clock cpu needs --threads 1 (CPU time of several threads counts spin-waiting)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    clock = clock_and_threads(args)
     from sd35.runtime.cpu import tune_allocator
 
     tune_allocator(args.malloc == "tuned")
     paths = write_bench_models(Path(args.dir) / f"depth{args.depth}", bench_configs(args.depth))
     plain, slg = build(paths, args.size, {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype])
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     with torch.inference_mode():
-        plain_times, plain_out = timed(plain, args.rounds, clock)
-        slg_times, slg_out = timed(slg, args.rounds, clock)
+        plain_out: dict = {}
+        slg_out: dict = {}
+        plain_times = alternate(plain, args.rounds, clock=clock, outputs=plain_out)
+        slg_times = alternate(slg, args.rounds, clock=clock, outputs=slg_out)
     command = "python benchmarks/bench_steps.py " + " ".join(sys.argv[1:])
     lines = header(
         f"Per-step A/B, {args.size}², depth {args.depth}, {args.dtype}, {args.clock} clock, malloc {args.malloc}",
@@ -171,12 +165,8 @@ def main() -> None:
         f"\n{args.rounds} alternating rounds after one warm-up. Next latents, max abs diff: sd35 vs diffusers {d1:.1e} "
         f"(CFG), {d2:.1e} (SLG); batched vs separate SLG {d3:.1e} (latent std {plain_out['sd35'].std():.2f})."
     )
-    lines.append(f"- load average at end: {', '.join(f'{v:.2f}' for v in __import__('os').getloadavg())}")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(text + "\n")
+    lines.append(f"- load average at end: {load_average()}")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

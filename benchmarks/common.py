@@ -9,6 +9,7 @@ the same numbers in both.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import math
@@ -82,7 +83,8 @@ def write_bench_models(out: Path, configs: dict, seed: int = 0) -> dict[str, Pat
     return paths
 
 
-def machine() -> str:
+def cpu_model() -> str:
+    """lscpu's "Model name" (platform.processor() where lscpu is missing)."""
     model = platform.processor() or "unknown CPU"
     try:
         for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
@@ -90,8 +92,12 @@ def machine() -> str:
                 model = line.split(":", 1)[1].strip()
     except (OSError, subprocess.CalledProcessError):
         pass
+    return model
+
+
+def machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{model}, {os.cpu_count()} logical CPUs, {mem:.0f} GiB RAM"
+    return f"{cpu_model()}, {os.cpu_count()} logical CPUs, {mem:.0f} GiB RAM"
 
 
 def versions() -> str:
@@ -112,7 +118,7 @@ def header(title: str, command: str) -> list[str]:
         f"- machine: {machine()}; torch threads {torch.get_num_threads()}",
         f"- {versions()}",
         f"- command: `{command}`",
-        f"- 1/5/15-min load average at start: {', '.join(f'{v:.2f}' for v in os.getloadavg())}",
+        f"- 1/5/15-min load average at start: {load_average()}",
     ]
 
 
@@ -128,16 +134,54 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def alternate(calls: dict[str, Callable[[], object]], runs: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Time each call `runs` times after `warmup`, alternating the order every round (wall seconds)."""
+def alternate(
+    calls: dict[str, Callable[[], object]],
+    runs: int,
+    warmup: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
+    outputs: dict[str, object] | None = None,
+) -> dict[str, list[float]]:
+    """Time each call `runs` times after `warmup` rounds, alternating the order every round so load from other
+    processes hits all alike: seconds per call by name. `outputs`, when given, receives each call's latest
+    result; otherwise a result is dropped as soon as its call returns, within the timed interval."""
     times: dict[str, list[float]] = {name: [] for name in calls}
     for i in range(warmup + runs):
         for name, call in list(calls.items())[:: 1 if i % 2 else -1]:
-            start = time.perf_counter()
-            call()
+            start = clock()
+            if outputs is None:
+                call()
+            else:
+                outputs[name] = call()
             if i >= warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(clock() - start)
     return times
+
+
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def clock_and_threads(args: argparse.Namespace) -> Callable[[], float]:
+    """Applies --threads (torch's thread count) and returns the timer --clock names ("wall" or "cpu"); exits
+    when --clock cpu comes without --threads 1."""
+    if args.clock == "cpu" and args.threads != 1:
+        sys.exit("--clock cpu needs --threads 1 (CPU time of several threads counts spin-waiting)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return CLOCKS[args.clock]
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages, "a, b, c"."""
+    return ", ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def emit(lines: list[str], out: str | None) -> None:
+    """Print the report's markdown lines and, with --out, append them (and a blank line) to that file."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        with open(out, "a") as f:
+            f.write(text + "\n")
 
 
 def med_min(values: list[float]) -> str:
