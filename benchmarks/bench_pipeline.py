@@ -31,7 +31,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_configs, emit, header, load_average, med_min, peak_rss_mib, write_bench_models  # noqa: E402
+from common import (  # noqa: E402
+    bench_configs,
+    diffusers_pipeline,
+    emit,
+    header,
+    load_average,
+    med_min,
+    peak_rss_mib,
+    write_bench_models,
+)
 
 PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
 SEED, CFG, SLG_LAYER = 42, 5.0, 2
@@ -116,16 +125,11 @@ def diffusers_tokenizers():
 
 
 def diffusers_pipe(transformer, folder: Path | None = None, dtype: torch.dtype = torch.float32):  # noqa: ANN001
-    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+    from diffusers import StableDiffusion3Pipeline
 
     if folder is not None:
         return StableDiffusion3Pipeline.from_pretrained(folder, torch_dtype=dtype, **diffusers_tokenizers())
-    empty = dict.fromkeys(
-        ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")
-    )
-    return StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), **empty
-    )
+    return diffusers_pipeline(transformer)
 
 
 def run_diffusers(pipe, size: int, steps: int, marks: list[float], embeds=None):  # noqa: ANN001

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
 from sd35.models.configs import MMDiTXConfig
 from sd35.models.mmditx import MMDiTX
@@ -34,7 +33,7 @@ from sd35.sampling.schedule import ModelSampling
 from sd35.types import Conditioning
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import diffusers_transformer  # noqa: E402
+from common import diffusers_pipeline, diffusers_transformer, slg_kwargs  # noqa: E402
 
 
 def main() -> None:
@@ -55,19 +54,14 @@ def main() -> None:
     uncond = Conditioning(torch.randn(1, 154, 4096, generator=g), torch.randn(1, 2048, generator=g))
     noise = seeded_noise((1, 16, latent_side, latent_side), 7)
     slg = SkipLayerGuidance(layers=(1,), scale=2.5, start=0.01, end=0.5, rule="steps")
-    pipe = StableDiffusion3Pipeline(
-        transformer=theirs, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=None, text_encoder=None,
-        tokenizer=None, text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None,
-    )  # fmt: skip
+    pipe = diffusers_pipeline(theirs)
 
     def run_diffusers() -> torch.Tensor:
         with torch.no_grad():
             return pipe(
                 prompt_embeds=cond.context, pooled_prompt_embeds=cond.pooled, negative_prompt_embeds=uncond.context,
                 negative_pooled_prompt_embeds=uncond.pooled, latents=noise.clone(), num_inference_steps=args.steps,
-                guidance_scale=4.5, height=args.size, width=args.size, output_type="latent",
-                skip_guidance_layers=[1], skip_layer_guidance_scale=2.5, skip_layer_guidance_start=0.01,
-                skip_layer_guidance_stop=0.5,
+                guidance_scale=4.5, height=args.size, width=args.size, output_type="latent", **slg_kwargs(slg),
             ).images  # fmt: skip
 
     diffusion = DiffusionModel(network=ours, model_sampling=ModelSampling(shift=3.0), slg=slg)

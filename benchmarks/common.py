@@ -32,9 +32,11 @@ from sd35.loading.load import build_model
 from sd35.models.configs import CLIP_G, CLIP_L, SD35_MEDIUM, T5_XXL, AutoencoderConfig
 from sd35.nn.init import randomize_
 
-# diffusers' twin of an MMDiTX: one helper for the parity tests and the benchmarks (tests/diffusers_twin.py)
+# diffusers' twin of an MMDiTX and the pipeline around it: the parity tests' helpers (tests/diffusers_twin.py)
 sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
+from diffusers_twin import diffusers_pipeline as diffusers_pipeline  # noqa: E402
 from diffusers_twin import diffusers_transformer as diffusers_transformer  # noqa: E402
+from diffusers_twin import slg_kwargs as slg_kwargs  # noqa: E402
 
 MIB = 2**20
 

@@ -43,7 +43,7 @@ from sd35.sampling.schedule import ModelSampling
 from sd35.types import Conditioning
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import diffusers_transformer  # noqa: E402
+from common import diffusers_pipeline, diffusers_transformer, psnr, slg_kwargs  # noqa: E402
 
 SEED, CFG = 7, 5.0
 
@@ -120,14 +120,6 @@ def run_sd35(network, vae, cond, policy, size, steps, fast, slg=None):  # noqa: 
 
 
 def run_diffusers(pipe, their_vae, cond, device, dtype, size, steps, slg=None):  # noqa: ANN001, ANN201
-    kwargs = {}
-    if slg is not None:
-        kwargs = dict(
-            skip_guidance_layers=list(slg.layers),
-            skip_layer_guidance_scale=slg.scale,
-            skip_layer_guidance_start=slg.start,
-            skip_layer_guidance_stop=slg.end,
-        )
     sync(device)
     start = time.perf_counter()
     with torch.no_grad():
@@ -142,7 +134,7 @@ def run_diffusers(pipe, their_vae, cond, device, dtype, size, steps, slg=None): 
             height=size,
             width=size,
             output_type="latent",
-            **kwargs,
+            **slg_kwargs(slg),
         ).images
         sync(device)
         sample_s = time.perf_counter() - start
@@ -150,11 +142,6 @@ def run_diffusers(pipe, their_vae, cond, device, dtype, size, steps, slg=None): 
         images = (their_vae.decode(z, return_dict=False)[0].float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu()
     sync(device)
     return images, sample_s, time.perf_counter() - start
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a.float() - b.float()) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
 def main() -> None:  # noqa: PLR0915
@@ -174,11 +161,7 @@ def main() -> None:  # noqa: PLR0915
     policy = DevicePolicy(device=device, dtype=dtype, vae_dtype=dtype, text_dtype=dtype)
     t0 = time.perf_counter()
     ours, vae, theirs, their_vae = build(args.tiny, device, dtype)
-    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
-
-    none = dict.fromkeys(("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"))
-    none.update(dict.fromkeys(("text_encoder_3", "tokenizer_3")))
-    pipe = StableDiffusion3Pipeline(transformer=theirs, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), **none)
+    pipe = diffusers_pipeline(theirs)
     cond = conds(device, dtype, ours.config)
     build_s = time.perf_counter() - t0
     rows: list[tuple] = []
@@ -246,7 +229,7 @@ def main() -> None:  # noqa: PLR0915
     base = {(r[1], "SLG" in r[0]): r[2] for r in rows if r[0].startswith("diffusers")}
     for name, steps, sample_s, total_s, peak, images in rows:
         ref = reference.get(steps)
-        quality = "" if ref is None or name == "sd35" else f"{psnr(ref, images):.1f}"
+        quality = "" if ref is None or name == "sd35" else f"{psnr(ref, images, peak=1.0):.1f}"
         print(
             f"| {name} | {steps} | {sample_s / steps:.3f} | {sample_s:.2f} | {total_s:.2f} | {peak:.2f} | "
             f"{sample_s / base.get((steps, 'SLG' in name), base[(steps, False)]):.2f} | {quality} |"

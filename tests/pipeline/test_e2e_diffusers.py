@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusers_twin import diffusers_transformer
+from diffusers_twin import diffusers_pipeline, diffusers_transformer, slg_kwargs
 from sd35.models.autoencoder import AutoencoderKL
 from sd35.models.configs import TINY_MMDITX, TINY_VAE
 from sd35.models.mmditx import MMDiTX
@@ -45,26 +45,7 @@ def _conditioning(seed: int) -> Conditioning:
 
 
 def _run_diffusers(transformer, vae_unused, cond, uncond, noise, slg: SkipLayerGuidance | None, cfg: float):
-    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
-    pipe = diffusers.StableDiffusion3Pipeline(
-        transformer=transformer,
-        scheduler=scheduler,
-        vae=None,
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        text_encoder_3=None,
-        tokenizer_3=None,
-    )
-    kwargs = {}
-    if slg is not None:
-        kwargs = dict(
-            skip_guidance_layers=list(slg.layers),
-            skip_layer_guidance_scale=slg.scale,
-            skip_layer_guidance_start=slg.start,
-            skip_layer_guidance_stop=slg.end,
-        )
+    pipe = diffusers_pipeline(transformer)
     with torch.no_grad():
         out = pipe(
             prompt_embeds=cond.context,
@@ -77,7 +58,7 @@ def _run_diffusers(transformer, vae_unused, cond, uncond, noise, slg: SkipLayerG
             height=HEIGHT,
             width=WIDTH,
             output_type="latent",
-            **kwargs,
+            **slg_kwargs(slg),
         )
     return out.images
 
