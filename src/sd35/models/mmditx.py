@@ -52,6 +52,14 @@ class BlockCache(Protocol):
     ) -> Tensor: ...
 
 
+def _take_rows(t: Tensor, rows: list[int]) -> Tensor:
+    """t[rows] along dim 0 by slicing: an index tensor built from a list would be a host-to-device copy
+    (a sync on CUDA) once per SLG step. rows are usually one contiguous run (the positive rows)."""
+    if rows == list(range(rows[0], rows[0] + len(rows))):
+        return t[rows[0] : rows[0] + len(rows)]
+    return torch.cat([t[r : r + 1] for r in rows])
+
+
 class SelfAttention(nn.Module):
     """Fused qkv projection, optional per-head q/k RMSNorm, output projection (none when pre_only)."""
 
@@ -283,14 +291,13 @@ class MMDiTX(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """The blocks for B rows plus skip-layer copies of `rows` -> (x [B+k, N, D], c [B+k, D])."""
         depth, b = self.config.depth, x.shape[0]
-        index = torch.tensor(rows, dtype=torch.long, device=x.device)
         first = min(skip, default=depth)
         ctx_or_none, x = self.run_blocks(ctx, x, c, frozenset(), 0, first)
-        c = torch.cat([c, c.index_select(0, index)])
-        x = torch.cat([x, x.index_select(0, index)])
+        c = torch.cat([c, _take_rows(c, rows)])
+        x = torch.cat([x, _take_rows(x, rows)])
         if ctx_or_none is None:  # every block ran already (nothing skipped)
             return x, c
-        ctx = torch.cat([ctx_or_none, ctx_or_none.index_select(0, index)])
+        ctx = torch.cat([ctx_or_none, _take_rows(ctx_or_none, rows)])
         for i in range(first, depth):
             block = self.joint_blocks[i]
             if i not in skip:
