@@ -142,3 +142,32 @@ def test_step_cache_skips_work_and_stays_close(model: MMDiTX) -> None:
     assert cache.reused >= 5
     assert value > 30.0
     assert _sample(model, FastPath(step_cache=0.7), steps=20).abs().mean() > 0  # wired through sample_latents
+
+
+def test_conditioning_is_batched_onto_the_device_once_not_every_step(model: MMDiTX) -> None:
+    """The batched context/pooled of each forward are built (cat + copy to the device) on the first step
+    only: on CUDA a per-step copy from pageable host memory would wait for the queued work. Counted as the
+    torch.cat calls over context-shaped [1, 30, 384] tensors, step by step."""
+    from torch.overrides import TorchFunctionMode
+
+    class CountCats(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.count = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            if func is torch.cat and args and tuple(args[0][0].shape) == (1, 30, 384):
+                self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    slg = SkipLayerGuidance(layers=(1,), scale=2.5, start=0.0, end=1.0, rule="steps")
+    denoise = make_denoise_fn(
+        model, single(_cond(1)), single(_cond(2)), Guidance(4.5, slg, 10), ModelSampling(), batch_slg=True
+    )
+    x = torch.randn(1, 16, 12, 16, generator=torch.Generator().manual_seed(0))
+    counts = []
+    for step in range(3):
+        with CountCats() as mode:
+            denoise(x, torch.tensor([0.9 - 0.1 * step]), step)
+        counts.append(mode.count)
+    assert counts[0] >= 1 and counts[1:] == [0, 0], counts

@@ -19,6 +19,22 @@ from sd35.sampling.guidance import SkipLayerGuidance, cfg_combine, slg_combine
 from sd35.sampling.schedule import ModelSampling
 
 
+def _group_inputs(
+    entries: Sequence[CondEntry], indices: list[int], batch: int, device: torch.device, dtype: torch.dtype, memo: dict
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(context [n·batch, L, C], pooled [n·batch, P]) of the entries `indices`, on `device` in `dtype`."""
+    key = (tuple(id(entries[i].conditioning) for i in indices), batch, device, dtype)
+    if key not in memo:
+        conds = [entries[i].conditioning for i in indices]
+        memo[key] = (
+            torch.cat([c.context.expand(batch, -1, -1) for c in conds]).to(device, dtype),
+            torch.cat([c.pooled.expand(batch, -1) for c in conds]).to(device, dtype),
+            conds,  # keeps the conditionings alive, so their ids in the key stay theirs
+        )
+    context, pooled, _ = memo[key]
+    return context, pooled
+
+
 @dataclass(frozen=True)
 class Guidance:
     """What the denoiser mixes: cfg scale, the optional SLG, and the total step count for its window."""
@@ -37,13 +53,16 @@ def predict(
     *,
     branch: int = 0,
     cache: StepCache | None = None,
+    inputs: dict | None = None,
 ) -> list[torch.Tensor]:
     """Denoised prediction [B, 16, h, w] (fp32) for each entry; entries with equal shapes share one forward.
 
     With `branch` = k > 0, `skip_layers` apply not to the entries but to extra skip-layer copies of the
     first k entries, batched into the same forwards (`MMDiTX.forward(branch_rows=...)`); their predictions
     are appended, giving len(entries) + k outputs. `cache` (a `StepCache`) may reuse block work across steps
-    for forwards without skip layers.
+    for forwards without skip layers. `inputs` (a dict owned by the caller) keeps each group's batched
+    context and pooled vector on x's device between calls: built once instead of copied to the device every
+    step (a host-to-device copy from pageable memory, which waits for the queued work on CUDA).
     """
     dtype = next(model.parameters()).dtype
     batch = x.shape[0]
@@ -53,8 +72,7 @@ def predict(
     outputs: list[torch.Tensor | None] = [None] * (len(entries) + branch)
     for indices in groups.values():
         n = len(indices)
-        context = torch.cat([entries[i].conditioning.context.expand(batch, -1, -1) for i in indices])
-        pooled = torch.cat([entries[i].conditioning.pooled.expand(batch, -1) for i in indices])
+        context, pooled = _group_inputs(entries, indices, batch, x.device, dtype, {} if inputs is None else inputs)
         branched = [j for j, i in enumerate(indices) if i < branch]
         rows = [j * batch + r for j in branched for r in range(batch)] if branch else None
         kwargs: dict = {"skip_layers": skip_layers}
@@ -67,8 +85,8 @@ def predict(
         v = model(
             x.repeat(n, 1, 1, 1).to(dtype),
             timestep.to(x.device),
-            pooled.to(x.device, dtype),
-            context.to(x.device, dtype),
+            pooled,
+            context,
             **kwargs,
         ).float()
         xs = x.repeat(n + len(branched), 1, 1, 1)
@@ -104,6 +122,7 @@ def make_denoise_fn(
     first skipped one (equal to the separate pass up to float rounding).
     `step_cache` (opt-in, approximate) reuses block work across steps; None computes every step fully.
     """
+    inputs: dict = {}  # conditioning batched on the device once, reused every step (see `predict`)
 
     @torch.no_grad()
     def denoise(x: torch.Tensor, sigma: torch.Tensor, step: int) -> torch.Tensor:
@@ -118,11 +137,11 @@ def make_denoise_fn(
         use_slg = slg is not None and slg.scale != 0 and slg.active(step, guidance.num_steps, s, model_sampling)
         layers = tuple(slg.layers) if slg is not None and use_slg else ()
         if use_slg and batch_slg:
-            predictions = predict(model, x, sigma, pos + neg, layers, branch=len(pos))
+            predictions = predict(model, x, sigma, pos + neg, layers, branch=len(pos), inputs=inputs)
             skipped = predictions[len(pos) + len(neg) :]
         else:
-            predictions = predict(model, x, sigma, pos + neg, cache=step_cache)
-            skipped = predict(model, x, sigma, pos, skip_layers=layers) if use_slg else []
+            predictions = predict(model, x, sigma, pos + neg, cache=step_cache, inputs=inputs)
+            skipped = predict(model, x, sigma, pos, skip_layers=layers, inputs=inputs) if use_slg else []
         cond = _average(predictions[: len(pos)], x)
         if guidance.cfg == 1.0:
             out = cond
