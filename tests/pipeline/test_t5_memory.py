@@ -78,3 +78,34 @@ def test_t5_fp8_quantizes_straight_from_the_stored_weights(tiny_model_paths: dic
         DevicePolicy(dtype=torch.bfloat16, text_dtype=torch.bfloat16, t5_fp8=True),
     )
     assert got.context.isfinite().all()
+
+
+def test_an_fp8_t5_file_stays_fp8_and_computes_what_dequantizing_it_computes(
+    tiny_model_paths: dict, tmp_path: Path
+) -> None:
+    """A T5 file stored in plain float8_e4m3fn (as ComfyUI's t5xxl_fp8_e4m3fn.safetensors), without
+    --t5-fp8: the block weights stay the file's fp8 bytes (scale 1, half of bf16 in memory, upcast per
+    call, no fp8 GEMM), and the encoder output equals the one of the same file dequantized at load."""
+    from safetensors.torch import load_file, save_file
+
+    from sd35.loading.detect import detect_component
+    from sd35.loading.load import load_component
+    from sd35.pipeline.files import load_t5
+    from sd35.runtime.quant import FP8_DTYPE
+
+    stored = load_file(tiny_model_paths["t5xxl"])
+    stored = {k: v.to(FP8_DTYPE) if v.ndim == 2 else v.half() for k, v in stored.items()}  # norms stay fp16
+    path = tmp_path / "t5xxl_fp8_e4m3fn.safetensors"
+    save_file(stored, path)
+    info = detect_component(path, "t5xxl")
+    assert info.stored_dtype == "float8_e4m3fn" and info.quantization is None
+    t5 = load_t5(info, DevicePolicy())
+    layers = {name: m for name, m in t5.named_modules() if hasattr(m, "weight_scale")}
+    assert layers and all(not m.fp8_compute and float(m.weight_scale) == 1.0 for m in layers.values())
+    for name, layer in layers.items():
+        file_weight = stored[next(k for k in stored if k.endswith(name + ".weight"))]
+        assert torch.equal(layer.weight.view(torch.uint8), file_weight.view(torch.uint8))
+    dequantized = load_component(path, "t5xxl", dtype=torch.float32)
+    ids = torch.tensor([[37, 423, 9, 1712, 1, 0, 0]])
+    with torch.no_grad():
+        assert torch.equal(t5(ids), dequantized(ids))

@@ -129,10 +129,11 @@ def _fetch(
     index: TensorIndex, part: Part, target: torch.Tensor, device: torch.device, zero_copy: bool, stored: bool = False
 ):
     """One file tensor in the target tensor's dtype on `device` (dequantized when it has a scale); with
-    `stored`, in the file's own dtype when that is fp32/fp16/bf16 (a memory map when zero_copy)."""
+    `stored`, in the file's own dtype when that is fp32/fp16/bf16 or unscaled float8_e4m3fn (a memory map when
+    zero_copy)."""
     meta = index.meta(part.key)
     dtype = target.dtype if target.is_floating_point() else meta.torch_dtype
-    if stored and part.scale is None and meta.torch_dtype in COMPUTE_DTYPES:
+    if stored and part.scale is None and meta.torch_dtype in (*COMPUTE_DTYPES, torch.float8_e4m3fn):
         dtype = meta.torch_dtype
     if part.scale is not None:
         return convert.dequantize(index.read(part.key, torch.float32), index.read(part.scale), dtype).to(device)
@@ -166,8 +167,9 @@ def load_found(
 ) -> nn.Module:
     """Load an already located component (see `load_component`).
 
-    `keep_stored(key)` True: that tensor keeps the file's dtype (fp32/fp16/bf16; a zero-copy memory map on
-    the CPU) instead of being cast to `dtype`, for a caller that converts it next (e.g. quantizes it).
+    `keep_stored(key)` True: that tensor keeps the file's dtype (fp32/fp16/bf16 or unscaled fp8 e4m3fn; a
+    zero-copy memory map on the CPU) instead of being cast to `dtype`, for a caller that converts it next
+    (e.g. quantizes it, or wraps fp8 weights in `Fp8Linear`).
     """
     if dtype not in COMPUTE_DTYPES:
         raise UserInputError(f"cannot compute in {dtype}; choose float32, float16 or bfloat16")

@@ -165,15 +165,20 @@ def load_t5(info: ComponentInfo, policy: DevicePolicy) -> nn.Module:
     copy), and each is quantized from those mapped pages, one layer at a time: the full-precision T5
     (9.5 GB in bf16) is never resident, only the fp8 weights (4.8 GB); the small remaining tensors
     (embedding, norms, relative position bias) load in the text dtype, in which T5 computes.
+    A file stored in plain fp8 e4m3fn (e.g. ComfyUI's t5xxl_fp8_e4m3fn.safetensors) takes this path even without
+    `t5_fp8`: its weights stay the file's fp8 values with scale 1 and are upcast per layer call, exactly what
+    dequantizing them at load would compute, in half the memory (as ComfyUI runs fp8 files).
     """
-    if not policy.t5_fp8:
+    stored_fp8 = info.stored_dtype == "float8_e4m3fn" and info.quantization is None  # not scaled fp8
+    if not policy.t5_fp8 and not stored_fp8:
         log.info("loading t5xxl from %s", info.path)
         return load_component(info.path, "t5xxl", dtype=policy.text_dtype)
     modules = build_model("t5xxl", info.config).named_modules()
     linears = {f"{n}.weight" for n, m in modules if type(m) is nn.Linear and n.startswith("encoder.block.")}
-    log.info("loading t5xxl from %s (block weights quantized to fp8 while loading)", info.path)
+    how = "kept in fp8 as stored" if stored_fp8 else "quantized to fp8 while loading"
+    log.info("loading t5xxl from %s (block weights %s)", info.path, how)
     t5 = load_component(info.path, "t5xxl", dtype=policy.text_dtype, keep_stored=linears.__contains__)
-    quantize_fp8_(t5.encoder.block)
+    quantize_fp8_(t5.encoder.block, fp8_compute=policy.t5_fp8)  # fp8 GEMMs only when asked for
     return t5
 
 

@@ -62,19 +62,30 @@ def quantize_fp8(tensor: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class Fp8Linear(nn.Module):
-    """A Linear whose weight [out, in] is stored in fp8 with a per-tensor scale; see the module docstring."""
+    """A Linear whose weight [out, in] is stored in fp8 with a per-tensor scale; see the module docstring.
 
-    def __init__(self, weight: Tensor, scale: Tensor, bias: Tensor | None) -> None:
+    `fp8_compute=False` never takes the fp8 GEMM path: the weight is always upcast to the input's dtype, so
+    the layer computes exactly what a layer holding the dequantized weight computes (fp8 storage only).
+    """
+
+    def __init__(self, weight: Tensor, scale: Tensor, bias: Tensor | None, *, fp8_compute: bool = True) -> None:
         super().__init__()
+        self.fp8_compute = fp8_compute
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.register_buffer("weight_scale", scale.reshape(()).float())
         self.bias = nn.Parameter(bias.detach(), requires_grad=False) if bias is not None else None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> Fp8Linear:
+    def from_linear(cls, linear: nn.Linear, *, fp8_compute: bool = True) -> Fp8Linear:
+        """Quantize the layer's weight; a weight already in float8_e4m3fn (an fp8 file loaded as stored) is
+        kept as it is, with scale 1: those are exactly the values the file holds."""
+        if linear.weight.dtype == FP8_DTYPE:
+            return cls(
+                linear.weight.detach(), torch.ones((), dtype=torch.float32), linear.bias, fp8_compute=fp8_compute
+            )
         weight, scale = quantize_fp8(linear.weight)
-        return cls(weight, scale, linear.bias)
+        return cls(weight, scale, linear.bias, fp8_compute=fp8_compute)
 
     def dequantized_weight(self, dtype: torch.dtype) -> Tensor:
         return (self.weight.float() * self.weight_scale).to(dtype)
@@ -82,7 +93,8 @@ class Fp8Linear(nn.Module):
     def uses_scaled_mm(self, x: Tensor) -> bool:
         """The fp8 GEMM path: a capable CUDA device, half-precision input, dims multiple of 16."""
         return (
-            x.dtype in (torch.bfloat16, torch.float16)
+            self.fp8_compute
+            and x.dtype in (torch.bfloat16, torch.float16)
             and self.in_features % 16 == 0
             and self.out_features % 16 == 0
             and fp8_matmul_supported(x.device)
@@ -115,13 +127,14 @@ def _replace_linears(root: nn.Module, make: Callable[[nn.Linear], nn.Module], ke
     return count
 
 
-def quantize_fp8_(root: nn.Module, keep: Callable[[str], bool] = lambda name: True) -> int:
+def quantize_fp8_(root: nn.Module, keep: Callable[[str], bool] = lambda name: True, *, fp8_compute: bool = True) -> int:
     """Replace every `nn.Linear` under `root` whose qualified name passes `keep` with `Fp8Linear`, in place.
 
-    Returns the number of layers replaced. The fp8 weights stay on the layer's device.
+    Returns the number of layers replaced. The fp8 weights stay on the layer's device. `fp8_compute`: see
+    `Fp8Linear` (False: fp8 storage, computation in the input's dtype).
     """
     with torch.no_grad():
-        count = _replace_linears(root, Fp8Linear.from_linear, keep)
+        count = _replace_linears(root, lambda linear: Fp8Linear.from_linear(linear, fp8_compute=fp8_compute), keep)
     log.info("fp8: %d linear layers quantized", count)
     return count
 
