@@ -113,3 +113,29 @@ def test_model_store_loads_each_file_once(tmp_path: Path, comfy_models: Path) ->
     services.store.clear()
     third = checkpoint_loader(services, "sd3.5_medium.safetensors")
     assert third[0].network is not first[0].network and services.store.loads == 4
+
+
+def test_triple_clip_loader_keeps_an_fp8_t5_file_in_fp8(tiny_model_paths: dict, tmp_path: Path) -> None:
+    """TripleCLIPLoader loads T5 as `sd35 generate` does: a t5xxl_fp8_e4m3fn file's block weights stay the
+    file's fp8 values (pipeline.files.load_t5), and the prompt encodes as with the fp32 file it came from."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "models" / "text_encoders"
+    folder.mkdir(parents=True)
+    for role in ("clip_l", "clip_g"):
+        (folder / f"{role}.safetensors").symlink_to(tiny_model_paths[role])
+    fp32 = load_file(tiny_model_paths["t5xxl"])
+    fp8 = {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in fp32.items()}
+    save_file(fp8, folder / "t5xxl_fp8_e4m3fn.safetensors")
+    save_file({k: v.float() for k, v in fp8.items()}, folder / "t5xxl_dequantized.safetensors")
+    services = Services(ModelFolders((tmp_path / "models",)), tmp_path / "out", input_dir=tmp_path / "in")
+    (clip8,) = triple_clip_loader(services, "clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp8_e4m3fn.safetensors")
+    (clip32,) = triple_clip_loader(
+        services, "clip_l.safetensors", "clip_g.safetensors", "t5xxl_dequantized.safetensors"
+    )
+    t5 = clip8.stack.encoders.t5
+    assert not any(type(m) is torch.nn.Linear for m in t5.encoder.block.modules())
+    fp8_layers = [m for m in t5.encoder.block.modules() if hasattr(m, "weight_scale")]
+    assert fp8_layers and all(m.weight.dtype == torch.float8_e4m3fn for m in fp8_layers)
+    a, b = _encode(clip8), _encode(clip32)
+    assert torch.equal(a.context, b.context) and torch.equal(a.pooled, b.pooled)

@@ -23,6 +23,7 @@ from sd35.loading.tiny import TINY_CONFIGS
 from sd35.nodes.services import Services, file_key
 from sd35.nodes.values import Clip
 from sd35.pipeline.components import VAE, DiffusionModel, TextStack
+from sd35.pipeline.files import load_t5
 from sd35.runtime.devices import DevicePolicy
 from sd35.text.encode import SD3_CONTEXT_DIM, TextEncoders
 from sd35.text.tokenizers import load_tokenizers
@@ -107,7 +108,13 @@ def _assign_roles(files: Sequence[Path]) -> dict[str, Path]:
 def text_stack(services: Services, files: dict[str, Path]) -> TextStack:
     """Load the text encoders of `files` (role -> file) into a TextStack sharing the services' cache."""
     dtype = services.policy.text_dtype
-    modules = {role: _load(services, find_component(path, role), dtype) for role, path in files.items()}
+    modules = {
+        role: _load(services, find_component(path, role), dtype) for role, path in files.items() if role != "t5xxl"
+    }
+    if "t5xxl" in files:  # as `sd35 generate` loads it: fp8 files stay fp8, --t5-fp8 quantizes while loading
+        info, policy = find_component(files["t5xxl"], "t5xxl").info, services.policy
+        what = "t5xxl-fp8" if policy.t5_fp8 else "t5xxl"
+        modules["t5xxl"] = services.store.get(files["t5xxl"], what, dtype, lambda: load_t5(info, policy))
     clip_l, clip_g, t5 = (modules.get(role) for role in TEXT_ROLES)
     context_dim, pooled_dim = _widths(clip_l, clip_g, t5)
     encoders = TextEncoders(clip_l=clip_l, clip_g=clip_g, t5=t5, context_dim=context_dim, pooled_dim=pooled_dim)
