@@ -139,3 +139,25 @@ def test_triple_clip_loader_keeps_an_fp8_t5_file_in_fp8(tiny_model_paths: dict, 
     assert fp8_layers and all(m.weight.dtype == torch.float8_e4m3fn for m in fp8_layers)
     a, b = _encode(clip8), _encode(clip32)
     assert torch.equal(a.context, b.context) and torch.equal(a.pooled, b.pooled)
+
+
+def test_unet_loader_weight_dtype_fp8_holds_the_block_linears_in_fp8(services: Services) -> None:
+    """UNETLoader weight_dtype: fp8_e4m3fn = fp8 storage upcast per call, fp8_e4m3fn_fast = also fp8 GEMMs
+    where a GPU has them; the model still predicts what the full-precision one does, within fp8 rounding."""
+    (plain,) = unet_loader(services, "sd3.5_medium.safetensors", "default")
+    (fp8,) = unet_loader(services, "sd3.5_medium.safetensors", "fp8_e4m3fn")
+    (fast,) = unet_loader(services, "sd3.5_medium.safetensors", "fp8_e4m3fn_fast")
+    for model, compute in ((fp8, False), (fast, True)):
+        layers = [m for m in model.network.joint_blocks.modules() if hasattr(m, "weight_scale")]
+        assert layers and not any(type(m) is torch.nn.Linear for m in model.network.joint_blocks.modules())
+        assert all(m.weight.dtype == torch.float8_e4m3fn and m.fp8_compute is compute for m in layers)
+    assert any(type(m) is torch.nn.Linear for m in plain.network.joint_blocks.modules())
+    config = plain.network.config
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(1, 16, 8, 8, generator=g), torch.tensor([600.0])
+    y, ctx = torch.randn(1, config.adm_in_channels, generator=g), torch.randn(1, 9, config.context_in_dim, generator=g)
+    with torch.no_grad():
+        ref, got = plain.network(x, t, y, ctx), fp8.network(x, t, y, ctx)
+    rel = ((got - ref).norm() / ref.norm()).item()
+    print(f"UNETLoader fp8_e4m3fn vs default: relative L2 {rel:.4f}")
+    assert 0 < rel < 0.1

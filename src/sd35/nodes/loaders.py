@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from sd35.loading.tiny import TINY_CONFIGS
 from sd35.nodes.services import Services, file_key
 from sd35.nodes.values import Clip
 from sd35.pipeline.components import VAE, DiffusionModel, TextStack
-from sd35.pipeline.files import load_t5
+from sd35.pipeline.files import load_t5, load_with_fp8_linears
 from sd35.runtime.devices import DevicePolicy
 from sd35.text.encode import SD3_CONTEXT_DIM, TextEncoders
 from sd35.text.tokenizers import load_tokenizers
@@ -179,10 +180,20 @@ def vae_loader(services: Services, vae_name: str, **_: Any) -> tuple:
 
 
 def unet_loader(services: Services, unet_name: str, weight_dtype: str, **_: Any) -> tuple:
-    if weight_dtype != "default":
-        log.warning("UNETLoader: weight_dtype %s is not supported; weights are kept in the compute dtype", weight_dtype)
+    """weight_dtype (ComfyUI's): fp8_e4m3fn holds the joint blocks' Linear weights in fp8 and upcasts them per
+    call; fp8_e4m3fn_fast also multiplies in fp8 where the GPU can (`Fp8Linear`). sd35 quantizes per tensor
+    with an amax scale (ComfyUI casts unscaled). fp8_e5m2 is not supported (weights stay in the compute dtype).
+    """
     path = services.model_path("diffusion_models", unet_name)
-    network = _load(services, find_component(path, "mmditx"), services.policy.dtype)
+    found, dtype = find_component(path, "mmditx"), services.policy.dtype
+    if weight_dtype in ("fp8_e4m3fn", "fp8_e4m3fn_fast"):
+        fast = weight_dtype == "fp8_e4m3fn_fast"
+        load = partial(load_with_fp8_linears, found.info, dtype, under="joint_blocks", fp8_compute=fast)
+        network = services.store.get(Path(found.info.path), f"mmditx-{weight_dtype}", dtype, load)
+    else:
+        if weight_dtype != "default":
+            log.warning("UNETLoader: weight_dtype %s is not supported; weights stay in the compute dtype", weight_dtype)
+        network = _load(services, found, dtype)
     return (DiffusionModel(network=network, name=unet_name),)
 
 

@@ -173,13 +173,23 @@ def load_t5(info: ComponentInfo, policy: DevicePolicy) -> nn.Module:
     if not policy.t5_fp8 and not stored_fp8:
         log.info("loading t5xxl from %s", info.path)
         return load_component(info.path, "t5xxl", dtype=policy.text_dtype)
-    modules = build_model("t5xxl", info.config).named_modules()
-    linears = {f"{n}.weight" for n, m in modules if type(m) is nn.Linear and n.startswith("encoder.block.")}
     how = "kept in fp8 as stored" if stored_fp8 else "quantized to fp8 while loading"
     log.info("loading t5xxl from %s (block weights %s)", info.path, how)
-    t5 = load_component(info.path, "t5xxl", dtype=policy.text_dtype, keep_stored=linears.__contains__)
-    quantize_fp8_(t5.encoder.block, fp8_compute=policy.t5_fp8)  # fp8 GEMMs only when asked for
-    return t5
+    # fp8 GEMMs only when asked for: a stored fp8 file alone means fp8 storage, computation as before
+    return load_with_fp8_linears(info, policy.text_dtype, under="encoder.block", fp8_compute=policy.t5_fp8)
+
+
+def load_with_fp8_linears(info: ComponentInfo, dtype: torch.dtype, *, under: str, fp8_compute: bool) -> nn.Module:
+    """Component `info` in `dtype`, except the `nn.Linear` weights under the submodule `under` (e.g.
+    "encoder.block", "joint_blocks"): those are read in the file's dtype (a memory map of the file, no copy)
+    and quantized to fp8 one layer at a time (`Fp8Linear`; an unscaled e4m3fn file's weights are kept as
+    they are), so the full-precision weights are never all resident. `fp8_compute`: see `Fp8Linear`.
+    """
+    modules = build_model(info.component, info.config).named_modules()
+    linears = {f"{n}.weight" for n, m in modules if type(m) is nn.Linear and n.startswith(under + ".")}
+    model = load_component(info.path, info.component, dtype=dtype, keep_stored=linears.__contains__)
+    quantize_fp8_(model.get_submodule(under), fp8_compute=fp8_compute)
+    return model
 
 
 def load_text_stack(pre: Preflight, policy: DevicePolicy, *, tokenizer_dir: Path | None = None) -> TextStack:
