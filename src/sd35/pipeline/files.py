@@ -207,9 +207,17 @@ def load_text_stack(pre: Preflight, policy: DevicePolicy, *, tokenizer_dir: Path
     return TextStack(encoders=encoders, tokenizers=load_tokenizers(tokenizer_dir))
 
 
-def load_image_stack(pre: Preflight, policy: DevicePolicy) -> tuple[DiffusionModel, VAE]:
-    """The MMDiT and the VAE (CPU first; each stage moves them to the device)."""
-    network = _load(pre, "mmditx", policy.dtype)
+def load_image_stack(pre: Preflight, policy: DevicePolicy, *, fp8: bool = False) -> tuple[DiffusionModel, VAE]:
+    """The MMDiT and the VAE (CPU first; each stage moves them to the device). `fp8`: the joint blocks'
+    Linears quantized to fp8 while loading (`load_with_fp8_linears`, fp8 GEMMs where supported), so the
+    full-precision blocks are never all resident."""
+    if fp8:
+        log.info(
+            "loading mmditx from %s (joint-block weights quantized to fp8 while loading)", pre.components["mmditx"].path
+        )
+        network = load_with_fp8_linears(pre.components["mmditx"], policy.dtype, under="joint_blocks", fp8_compute=True)
+    else:
+        network = _load(pre, "mmditx", policy.dtype)
     return DiffusionModel(network=network, name=pre.files.model.name), VAE(_load(pre, "vae", policy.vae_dtype))
 
 

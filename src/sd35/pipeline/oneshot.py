@@ -41,9 +41,11 @@ def generate_from_files(
     encoded = encode_request(text, request, policy)
     del text  # the conditioning is all the image stage needs
     gc.collect()
-    diffusion, vae = load_image_stack(pre, policy)
+    fast = fast or FastPath()
+    # --fp8 without LoRAs quantizes while loading; with LoRAs they are merged into the full-precision weights
+    # first and apply_fast_path_to quantizes afterwards (it leaves layers that are fp8 already alone)
+    diffusion, vae = load_image_stack(pre, policy, fp8=fast.fp8 and not loras)
     if loras:
         diffusion, _ = apply_loras(diffusion, None, loras, inplace=True)
-    fast = fast or FastPath()
     diffusion, _ = apply_fast_path_to(diffusion, policy, fast)  # after the LoRA merge: quantization swaps layers
     return render(diffusion, vae, request, encoded, policy, on_step, fast)

@@ -135,7 +135,8 @@ def quantize_fp8_(root: nn.Module, keep: Callable[[str], bool] = lambda name: Tr
     """
     with torch.no_grad():
         count = _replace_linears(root, lambda linear: Fp8Linear.from_linear(linear, fp8_compute=fp8_compute), keep)
-    log.info("fp8: %d linear layers quantized", count)
+    if count:  # 0 when the layers are fp8 already (quantized while loading)
+        log.info("fp8: %d linear layers quantized", count)
     return count
 
 
