@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    add_model_set_args,
     bench_configs,
     diffusers_pipeline,
     emit,
@@ -42,9 +43,10 @@ from common import (  # noqa: E402
     write_bench_models,
 )
 
+from sd35.runtime.devices import DTYPES  # noqa: E402
+
 PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
 SEED, CFG, SLG_LAYER = 42, 5.0, 2
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def _settings(steps: int):
@@ -338,15 +340,11 @@ def steps_ab(args, paths: dict) -> list[str]:  # noqa: ANN001
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--depth", type=int, default=6)
-    parser.add_argument("--size", type=int, default=512)
+    add_model_set_args(parser, dtype_help="latency part: both pipelines")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--reps", type=int, default=2, help="latency children per pipeline")
     parser.add_argument("--runs", type=int, default=2, help="sampling runs per pipeline and malloc setting")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--dir", default="/tmp/sd35-bench-models")
     parser.add_argument("--parts", default="latency,steps")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="latency part: both pipelines")
     parser.add_argument("--out", default=None, help="also append the markdown to this file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--paths", default=None, help=argparse.SUPPRESS)

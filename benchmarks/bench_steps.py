@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     CLOCKS,
+    add_model_set_args,
     alternate,
     bench_configs,
     clock_and_threads,
@@ -36,6 +37,8 @@ from common import (  # noqa: E402
     load_average,
     write_bench_models,
 )
+
+from sd35.runtime.devices import DTYPES  # noqa: E402
 
 CFG, SLG_LAYER = 5.0, 2
 
@@ -130,14 +133,10 @@ def table(title: str, times: dict[str, list[float]], base: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--depth", type=int, default=6)
-    parser.add_argument("--size", type=int, default=512)
+    add_model_set_args(parser, dtype_help="both implementations")
     parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall")
     parser.add_argument("--malloc", choices=("default", "tuned"), default="tuned")
-    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="both implementations")
-    parser.add_argument("--dir", default="/tmp/sd35-bench-models")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     clock = clock_and_threads(args)
@@ -145,7 +144,7 @@ def main() -> None:
 
     tune_allocator(args.malloc == "tuned")
     paths = write_bench_models(Path(args.dir) / f"depth{args.depth}", bench_configs(args.depth))
-    plain, slg = build(paths, args.size, {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype])
+    plain, slg = build(paths, args.size, DTYPES[args.dtype])
     with torch.inference_mode():
         plain_out: dict = {}
         slg_out: dict = {}

@@ -162,6 +162,16 @@ def alternate(
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
+def add_model_set_args(parser: argparse.ArgumentParser, *, dtype_help: str) -> None:
+    """The options of the benchmarks that run the bench model set (`bench_configs`) against diffusers:
+    --depth, --size, --threads, --dir and --dtype (fp32 or bf16, a key of `sd35.runtime.devices.DTYPES`)."""
+    parser.add_argument("--depth", type=int, default=6)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--dir", default="/tmp/sd35-bench-models")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help=dtype_help)
+
+
 def clock_and_threads(args: argparse.Namespace) -> Callable[[], float]:
     """Applies --threads (torch's thread count) and returns the timer --clock names ("wall" or "cpu"); exits
     when --clock cpu comes without --threads 1."""
