@@ -159,7 +159,8 @@ def _load(pre: Preflight, slot: str, dtype: torch.dtype) -> nn.Module:
 
 
 def load_t5(info: ComponentInfo, policy: DevicePolicy) -> nn.Module:
-    """T5-XXL in the text dtype, or with `t5_fp8` its block Linears in fp8 (dequantized per layer call).
+    """T5-XXL in the text dtype, or with `t5_fp8` its block Linears in fp8 (fp8 GEMMs on GPUs that have
+    them, elsewhere upcast per layer call; see `Fp8Linear`).
 
     For fp8 the block Linear weights are loaded in the file's dtype, which is a memory map of the file (no
     copy), and each is quantized from those mapped pages, one layer at a time: the full-precision T5
