@@ -20,6 +20,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import alternate, emit, header  # noqa: E402
 
+from sd35.nn.attention import attention_heads, head_major, merge_heads  # noqa: E402
 from sd35.nn.norms import rms_norm  # noqa: E402
 from sd35.runtime.cpu import tune_allocator  # noqa: E402
 
@@ -59,6 +60,11 @@ def pairs() -> dict[str, dict]:
     def sdpa(qq: torch.Tensor) -> torch.Tensor:
         return F.scaled_dot_product_attention(qq.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
 
+    heads = [head_major(x.view(B, N, D), L, 64).copy_(t) for t in (qj, k, v)]
+
+    def image_rows(q_: torch.Tensor, k_: torch.Tensor, v_: torch.Tensor) -> torch.Tensor:
+        return merge_heads(attention_heads(q_, k_, v_)[:, LC:])  # what the image stream's proj reads
+
     big = torch.randn(B, L, 3 * D, generator=g)
     return {
         "q/k RMSNorm [2,1178,24,64] strided": {
@@ -77,6 +83,10 @@ def pairs() -> dict[str, dict]:
         "joint attention, 1178 queries over 1178 keys": {
             "one SDPA call (all queries)": lambda: sdpa(qj),
             "two SDPA calls (context, image queries)": lambda: (sdpa(qj[:, :LC]), sdpa(qj[:, LC:])),
+        },
+        "joint attention + image rows to [B,N,D], q/k/v layout": {
+            "token-major [B,L,H,64] views (diffusers)": lambda: image_rows(qj, k, v),
+            "head-major [B,H,L,64] buffers (sd35.nn.attention.head_major)": lambda: image_rows(*heads),
         },
         "fresh 43 MiB buffer (clone), glibc malloc": {
             "glibc defaults (mmap per buffer)": lambda: (tune_allocator(False), big.clone()),

@@ -2,8 +2,9 @@
 
 `_plain_block` below is spec §1 written the obvious way: separate q/k/v matmuls from the checkpoint's fused
 weight, torch's F.rms_norm, concatenated joint attention (one SDPA over context+image queries, then split),
-every op out of place. The model instead uses one fused qkv matmul, an in-place CPU RMSNorm, two SDPA calls
-over the joint keys, in-place modulation/GELU/residual accumulation. Same maths: agreement to ~1e-6.
+every op out of place. The model instead uses one fused qkv matmul, a CPU RMSNorm writing straight into
+head-major joint buffers, one SDPA over them, in-place modulation/GELU/residual accumulation. Same maths:
+agreement to ~1e-6.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import torch.nn.functional as F
 
 from sd35.models.configs import SD35_MEDIUM, TINY_MMDITX, MMDiTXConfig
 from sd35.models.mmditx import JointBlock, MMDiTX
+from sd35.nn.attention import attention_heads, head_major, merge_heads
 from sd35.nn.init import randomize_
 from sd35.nn.norms import RMSNorm, rms_norm
 
 TOL = 2e-5  # fp32, outputs of order 1
 REAL_WIDTH = dataclasses.replace(SD35_MEDIUM, depth=2, pos_embed_max_size=16, x_block_self_attn_layers=(0,))
+NO_QK_NORM = dataclasses.replace(TINY_MMDITX, qk_norm=False, x_block_self_attn_layers=())  # SD3 Medium's kind
 
 
 def _plain_stream_qkv(block, x_mod: torch.Tensor, heads: int) -> tuple[torch.Tensor, ...]:
@@ -74,7 +77,9 @@ def _model(config: MMDiTXConfig, seed: int = 0) -> MMDiTX:
     return randomize_(MMDiTX(config, device="meta").to_empty(device="cpu"), seed).eval()
 
 
-@pytest.mark.parametrize("config", [TINY_MMDITX, REAL_WIDTH], ids=["tiny", "real-width-1536"])
+@pytest.mark.parametrize(
+    "config", [TINY_MMDITX, REAL_WIDTH, NO_QK_NORM], ids=["tiny", "real-width-1536", "tiny-sd3-no-qk-norm"]
+)
 def test_every_block_matches_the_plain_unfused_block(config: MMDiTXConfig) -> None:
     model = _model(config)
     g = torch.Generator().manual_seed(3)
@@ -111,3 +116,18 @@ def test_cpu_rms_norm_matches_torch_and_works_in_place() -> None:
     out = norm(q, out=q)
     assert out.data_ptr() == q.data_ptr()  # written into the qkv buffer
     torch.testing.assert_close(qkv[:, :, 0], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_head_major_buffers_give_the_same_attention_as_token_major_views() -> None:
+    g = torch.Generator().manual_seed(1)
+    like = torch.empty(2, 1, 4 * 64)
+    q, k, v = (torch.randn(2, 37, 4, 64, generator=g) for _ in "qkv")
+    bufs = [head_major(like, 37, 64) for _ in "qkv"]
+    assert bufs[0].shape == (2, 37, 4, 64) and bufs[0].transpose(1, 2).is_contiguous()
+    for buf, t in zip(bufs, (q, k, v), strict=True):
+        buf.copy_(t)
+    token_major = attention_heads(q, k, v)
+    head_first = attention_heads(*bufs)
+    torch.testing.assert_close(head_first, token_major, rtol=0, atol=1e-6)  # equal on the machines we ran
+    torch.testing.assert_close(merge_heads(head_first[:, 5:]), _sdpa(q, k, v)[:, 5:], rtol=0, atol=1e-6)
+    assert merge_heads(head_first[:, 5:]).is_contiguous()

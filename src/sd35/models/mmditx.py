@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from sd35.errors import UserInputError
 from sd35.models.configs import HEAD_DIM, MMDiTXConfig
-from sd35.nn.attention import attention, split_qkv
+from sd35.nn.attention import attention_heads, head_major, merge_heads, split_qkv
 from sd35.nn.embeddings import (
     PatchEmbed,
     TimestepEmbedder,
@@ -36,6 +36,7 @@ from sd35.nn.linear import linear
 from sd35.nn.norms import RMSNorm, layer_norm, modulate
 
 QKV = tuple[Tensor, Tensor, Tensor]  # q, k, v, each [B, L, heads, 64]
+Destinations = tuple[Tensor | None, Tensor | None, Tensor | None]  # where q, k, v go (None: nowhere)
 NORM_EPS = 1e-6  # LayerNorm and QK RMSNorm eps (sd3.5 `DismantledBlock`, `SelfAttention`)
 RunBlocks = Callable[[Tensor | None, Tensor, Tensor, frozenset[int], int, int], tuple[Tensor | None, Tensor]]
 
@@ -70,21 +71,27 @@ class SelfAttention(nn.Module):
         self.ln_k = RMSNorm(HEAD_DIM, NORM_EPS, device=device, dtype=dtype) if qk_norm else None
         self.proj = None if pre_only else nn.Linear(dim, dim, device=device, dtype=dtype)
 
-    def pre_attention(self, x: Tensor, q_out: Tensor | None = None, k_out: Tensor | None = None) -> QKV:
+    def pre_attention(self, x: Tensor, out: Destinations | None = None) -> QKV:
         """[B, L, D] -> q, k, v [B, L, heads, 64], q and k normalised per head when qk_norm.
 
-        v is a strided view of the fused projection output. q and k are normalised (or, without qk_norm,
-        copied) into `q_out`/`k_out` when given, e.g. slices of the joint attention buffers, which saves
-        the concatenation; otherwise in place in the projection output (SDPA reads strided views).
+        With `out` (three [B, L, heads, 64] views, e.g. slices of the joint attention's head-major
+        buffers) q and k are normalised (or, without qk_norm, copied) into them and v is copied; that
+        saves the concatenation. A None destination skips that output (the returned tensor is then
+        unnormalised). Without `out`, q and k are normalised in place in the projection output and v is a
+        strided view of it.
         """
         q, k, v = split_qkv(linear(self.qkv, x), HEAD_DIM)
-        if self.ln_q is not None and self.ln_k is not None:
-            q = self.ln_q(q, out=q if q_out is None else q_out)
-            k = self.ln_k(k, out=k if k_out is None else k_out)
-        else:
-            q = q if q_out is None else q_out.copy_(q)
-            k = k if k_out is None else k_out.copy_(k)
-        return q, k, v
+        q_out, k_out, v_out = (q, k, v) if out is None else out
+        return _place(self.ln_q, q, q_out), _place(self.ln_k, k, k_out), _place(None, v, v_out)
+
+
+def _place(norm: RMSNorm | None, t: Tensor, dest: Tensor | None) -> Tensor:
+    """norm(t) (or t itself without a norm) written into dest (which may be t); dest None: t, untouched."""
+    if dest is None:
+        return t
+    if norm is not None:
+        return norm(t, out=dest)
+    return t if dest is t else dest.copy_(t)
 
 
 class Mlp(nn.Module):
@@ -117,20 +124,20 @@ class DismantledBlock(nn.Module):
         self.n_mods = 2 if pre_only else (9 if x_self_attn else 6)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, self.n_mods * dim, **kw))
 
-    def pre_attention(
-        self, x: Tensor, c: Tensor, q_out: Tensor | None = None, k_out: Tensor | None = None
-    ) -> tuple[QKV, QKV | None, tuple[Tensor, ...]]:
+    def pre_attention(self, x: Tensor, c: Tensor, out: Destinations) -> tuple[QKV, QKV | None, tuple[Tensor, ...]]:
         """x [B, L, D], c [B, D] -> (qkv, qkv of attn2 or None, modulation chunks [B, D] each).
 
-        q_out/k_out: where the attention's q and k go (`SelfAttention.pre_attention`).
+        out: where the joint attention's q, k and v go (`SelfAttention.pre_attention`); attn2's go to
+        head-major buffers of their own.
         """
         mods = self.adaLN_modulation(c).chunk(self.n_mods, dim=1)
         x_norm = layer_norm(x, NORM_EPS)
         qkv2 = None
         if self.attn2 is not None:  # attn2 reads the same norm1(x), modulated with its own shift/scale
-            qkv2 = self.attn2.pre_attention(modulate(x_norm, mods[6], mods[7]))
+            own = tuple(head_major(x, x.shape[1], HEAD_DIM) for _ in "qkv")
+            qkv2 = self.attn2.pre_attention(modulate(x_norm, mods[6], mods[7]), own)
         x_mod = modulate(x_norm, mods[0], mods[1], inplace=True)  # x_norm is ours
-        return self.attn.pre_attention(x_mod, q_out, k_out), qkv2, mods
+        return self.attn.pre_attention(x_mod, out), qkv2, mods
 
     def post_attention(self, x: Tensor, attn: Tensor, attn2: Tensor | None, mods: tuple[Tensor, ...]) -> Tensor:
         """Gated residual updates: x [B, L, D], attention outputs [B, L, D] -> new x [B, L, D].
@@ -158,21 +165,21 @@ class JointBlock(nn.Module):
 
     def forward(self, context: Tensor, x: Tensor, c: Tensor) -> tuple[Tensor | None, Tensor]:
         """context [B, L, D], x [B, N, D], c [B, D] -> (context or None after a pre-only block, x)."""
-        n_ctx, pre_only = context.shape[1], self.context_block.pre_only
-        shape = (x.shape[0], n_ctx + x.shape[1], x.shape[2] // HEAD_DIM, HEAD_DIM)
-        # q and k are normalised straight into the joint [context, image] buffers (no concatenation). The
-        # reference discards the context rows of a pre-only block: then only the image queries are needed.
-        q, k = (None if pre_only else x.new_empty(shape)), x.new_empty(shape)
-        q_ctx, q_x = (None, None) if q is None else (q[:, :n_ctx], q[:, n_ctx:])
-        ctx_qkv, _, ctx_mods = self.context_block.pre_attention(context, c, q_ctx, k[:, :n_ctx])
-        x_qkv, x_qkv2, x_mods = self.x_block.pre_attention(x, c, q_x, k[:, n_ctx:])
-        v = torch.cat([ctx_qkv[2], x_qkv[2]], dim=1)
-        if q is None:
-            ctx_attn, x_attn = None, attention(x_qkv[0], k, v)
-        else:  # one SDPA over all queries: faster on CPUs than separate context/image query calls
-            joint = attention(q, k, v)
-            ctx_attn, x_attn = joint[:, :n_ctx], joint[:, n_ctx:]
-        x_attn2 = attention(*x_qkv2) if x_qkv2 is not None else None
+        n_ctx, n_x = context.shape[1], x.shape[1]
+        # q, k and v go straight into head-major joint [context, image] buffers (no concatenation, and the
+        # layout SDPA is fastest on). The reference discards the context rows of a pre-only block: then
+        # only the image queries are needed.
+        pre_only = self.context_block.pre_only
+        k, v = head_major(x, n_ctx + n_x, HEAD_DIM), head_major(x, n_ctx + n_x, HEAD_DIM)
+        q = head_major(x, n_x if pre_only else n_ctx + n_x, HEAD_DIM)
+        q_ctx, q_x = (None, q) if pre_only else (q[:, :n_ctx], q[:, n_ctx:])
+        _, _, ctx_mods = self.context_block.pre_attention(context, c, (q_ctx, k[:, :n_ctx], v[:, :n_ctx]))
+        _, x_qkv2, x_mods = self.x_block.pre_attention(x, c, (q_x, k[:, n_ctx:], v[:, n_ctx:]))
+        # one SDPA over all queries: faster on CPUs than separate context/image query calls
+        joint = attention_heads(q, k, v)
+        ctx_attn = None if pre_only else merge_heads(joint[:, :n_ctx])
+        x_attn = merge_heads(joint if pre_only else joint[:, n_ctx:])
+        x_attn2 = merge_heads(attention_heads(*x_qkv2)) if x_qkv2 is not None else None
         x = self.x_block.post_attention(x, x_attn, x_attn2, x_mods)
         if ctx_attn is None:
             return None, x
