@@ -1,10 +1,12 @@
 """torch.compile of the MMDiT-X joint blocks on the CPU: warm-up, steady per-forward time, memory.
 
 The bench model set (real widths, depth 6; benchmarks/common.py), batch 2 at 512², fp32, one thread,
-process CPU time; eager and compiled copies alternate. --freeze turns on inductor's weight freezing (what
-`sd35 generate --compile` uses on CPUs); VmHWM shows the extra packed copy of the weights.
+process CPU time; eager and compiled copies alternate. --freeze turns on inductor's weight freezing (a
+library option, `compile_blocks(freeze=True)`; the CLI's --compile does not use it); VmHWM shows the extra
+packed copy of the weights. --diffusers adds diffusers' SD3Transformer2DModel (eager, the bench set's
+diffusers folder: the same weights) to the alternation, so both of sd35's forwards get a ratio against it.
 
-    .venv/bin/python benchmarks/bench_compile.py [--freeze] [--latent 64] [--rounds 3]
+    .venv/bin/python benchmarks/bench_compile.py [--freeze] [--diffusers] [--latent 64] [--rounds 3] [--out FILE]
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_configs, header, peak_rss_mib, write_bench_models  # noqa: E402
+from common import bench_configs, emit, header, peak_rss_mib, write_bench_models  # noqa: E402
 
 from sd35.loading.load import load_component  # noqa: E402
 from sd35.runtime.compile import compile_blocks  # noqa: E402
@@ -31,6 +33,8 @@ def main() -> None:
     parser.add_argument("--freeze", action="store_true")
     parser.add_argument("--latent", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--diffusers", action="store_true", help="also time diffusers' transformer (eager)")
     parser.add_argument("--dir", default="/tmp/sd35-bench-models")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -46,14 +50,24 @@ def main() -> None:
         torch.randn(2, 2048, generator=g),
         torch.randn(2, 154, 4096, generator=g),
     )
-    times: dict[str, list[float]] = {"eager": [], "compiled": []}
+    forwards = {"eager": eager, "compiled": compiled}
+    if args.diffusers:
+        from diffusers import SD3Transformer2DModel
+
+        twin = SD3Transformer2DModel.from_pretrained(Path(paths["diffusers"]) / "transformer").eval()
+        forwards["diffusers"] = lambda x, t, y, c: twin(
+            hidden_states=x, timestep=t, pooled_projections=y, encoder_hidden_states=c, return_dict=False
+        )[0]
+    times: dict[str, list[float]] = {name: [] for name in forwards}
     with torch.inference_mode():
         start = time.perf_counter()
         out = compiled(x, t, y, c)
         warmup = time.perf_counter() - start
         diff = (out - eager(x, t, y, c)).abs().max().item()
+        if args.diffusers:
+            forwards["diffusers"](x, t, y, c)  # its warm-up
         for i in range(args.rounds):
-            for name, model in [("eager", eager), ("compiled", compiled)][:: 1 if i % 2 else -1]:
+            for name, model in list(forwards.items())[:: 1 if i % 2 else -1]:
                 start = time.process_time()
                 model(x, t * (1 + 0.01 * i), y, c)
                 times[name].append(time.process_time() - start)
@@ -63,11 +77,14 @@ def main() -> None:
         f"max |compiled - eager| {diff:.1e}; peak RSS {peak_rss_mib():.0f} MiB (two model copies of "
         f"{sum(p.numel() * 4 for p in eager.parameters()) / 2**20:.0f} MiB each)",
         "",
-        "| forward | median s | min s |",
-        "|---|---|---|",
+        "| forward | median s | min s | vs eager | vs diffusers |",
+        "|---|---|---|---|---|",
     ]
-    lines += [f"| {n} | {statistics.median(v):.3f} | {min(v):.3f} |" for n, v in times.items()]
-    print("\n".join(lines))
+    med = {name: statistics.median(v) for name, v in times.items()}
+    for name, v in times.items():
+        versus = f"{med[name] / med['diffusers']:.3f}" if args.diffusers else "—"
+        lines.append(f"| {name} | {med[name]:.3f} | {min(v):.3f} | {med[name] / med['eager']:.3f} | {versus} |")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from sd35.pipeline.fastpath import FastPath, apply_fast_path_to  # noqa: E402
 from sd35.pipeline.generate import SamplingSettings, decode_latents, sample_latents  # noqa: E402
 from sd35.runtime.cpu import tune_allocator  # noqa: E402
 from sd35.runtime.devices import DevicePolicy  # noqa: E402
+from sd35.runtime.quant import quantize_fp8_  # noqa: E402
 from sd35.sampling.guidance import SkipLayerGuidance  # noqa: E402
 from sd35.sampling.schedule import ModelSampling  # noqa: E402
 from sd35.types import Conditioning  # noqa: E402
@@ -73,7 +74,9 @@ def main() -> None:  # noqa: PLR0915
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--cache", default="0.1,0.5,0.7,1.0", help="step-cache thresholds")
-    parser.add_argument("--skip", default="", help="comma-separated rows to skip: bf16,int8,compile,threads")
+    parser.add_argument(
+        "--skip", default="", help="comma-separated rows to skip: slg,nchw,threads,malloc,bf16,fp8,int8,compile"
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(
         "--clock", choices=tuple(CLOCKS), default="wall", help="cpu: process CPU time (use --threads 1)"
@@ -93,23 +96,25 @@ def main() -> None:  # noqa: PLR0915
         for _ in range(2)
     ]
     fp32 = DevicePolicy()
-    rows: list[tuple[str, float, float, float]] = []
-    reference = None
+    rows: list[tuple[str, float, float, float, str]] = []
+    images_of: dict[str, torch.Tensor] = {}
 
-    def row(name: str, net, policy=fp32, fast=None, vae_model=vae, channels_last=None) -> None:  # noqa: ANN001
-        nonlocal reference
+    def row(name: str, net, policy=fp32, fast=None, vae_model=vae, channels_last=None, vs="") -> None:  # noqa: ANN001
         images, sample_s, decode_s = run(
             net, vae_model, conds, args.size, args.steps, policy, fast, channels_last, clock
         )
-        if reference is None:
-            reference = images
-        rows.append((name, sample_s, decode_s, psnr(reference, images, peak=1.0)))
+        reference = images_of.setdefault("plain", images)
+        images_of[name] = images
+        note = f"{psnr(images_of[vs], images, peak=1.0):.1f} dB vs {vs}" if vs in images_of else ""
+        rows.append((name, sample_s, decode_s, psnr(reference, images, peak=1.0), note))
         print(f"{name}: {sample_s:.2f} s sampling, {decode_s:.2f} s decode", file=sys.stderr)
 
     skip = set(args.skip.split(","))
     row("plain fp32 (first)", network)
-    row("fp32, SLG pass not batched", network, fast=FastPath(batch_slg=False))
-    row("fp32, NCHW decode (channels-last off)", network, channels_last=False)
+    if "slg" not in skip:
+        row("fp32, SLG pass not batched", network, fast=FastPath(batch_slg=False))
+    if "nchw" not in skip:
+        row("fp32, NCHW decode (channels-last off)", network, channels_last=False)
     for threshold in [float(t) for t in args.cache.split(",") if t]:
         row(f"step cache {threshold}", network, fast=FastPath(step_cache=threshold))
     if "threads" not in skip and torch.get_num_threads() > 1:
@@ -117,16 +122,18 @@ def main() -> None:  # noqa: PLR0915
         torch.set_num_threads(1)
         row("fp32, 1 thread", network)
         torch.set_num_threads(threads)
-    row("glibc malloc defaults", network) if tune_allocator(False) else None
+    if "malloc" not in skip and tune_allocator(False):
+        row("glibc malloc defaults", network)
     tune_allocator(True)
+    bf16 = DevicePolicy(dtype=torch.bfloat16, vae_dtype=torch.bfloat16, text_dtype=torch.bfloat16)
+    vae_bf16 = copy.deepcopy(vae).to(torch.bfloat16)
     if "bf16" not in skip:
-        bf16 = DevicePolicy(dtype=torch.bfloat16, vae_dtype=torch.bfloat16, text_dtype=torch.bfloat16)
-        row(
-            "bf16 MMDiT + VAE",
-            copy.deepcopy(network).to(torch.bfloat16),
-            bf16,
-            vae_model=copy.deepcopy(vae).to(torch.bfloat16),
-        )
+        row("bf16 MMDiT + VAE", copy.deepcopy(network).to(torch.bfloat16), bf16, vae_model=vae_bf16)
+    if "fp8" not in skip:  # what --fp8 does where no fp8 GEMM exists: e4m3 weights, upcast to bf16 per call
+        fp8 = copy.deepcopy(network).to(torch.bfloat16)
+        quantize_fp8_(fp8.joint_blocks, fp8_compute=False)
+        row("fp8 weights (joint blocks), bf16 compute", fp8, bf16, vae_model=vae_bf16, vs="bf16 MMDiT + VAE")
+        del fp8
     if "int8" not in skip:
         quantized = copy.deepcopy(network)
         apply_fast_path_to(DiffusionModel(network=quantized), fp32, FastPath(int8=True))
@@ -135,8 +142,8 @@ def main() -> None:  # noqa: PLR0915
     if "compile" not in skip:
         compiled = copy.deepcopy(network)
         apply_fast_path_to(DiffusionModel(network=compiled), fp32, FastPath(compile=True))
-        row("compile (freezing), first run incl. warm-up", compiled)
-        row("compile (freezing)", compiled)
+        row("compile, first run incl. warm-up", compiled)
+        row("compile", compiled)
         del compiled
         torch._dynamo.reset()
     row("plain fp32 (last)", network)
@@ -146,12 +153,12 @@ def main() -> None:  # noqa: PLR0915
     lines += [
         f"- model: depth {cfg.depth}, hidden {cfg.hidden_size}; cfg 5, SLG, Euler; one run per row; {args.clock} clock",
         "",
-        "| path | sample s | vs plain | decode s | PSNR vs plain (dB, image in [0,1]) |",
-        "|---|---|---|---|---|",
+        "| path | sample s | vs plain | decode s | PSNR vs plain (dB, image in [0,1]) | note |",
+        "|---|---|---|---|---|---|",
     ]
     base = min(rows[0][1], rows[-1][1])
-    for name, sample_s, decode_s, value in rows:
-        lines.append(f"| {name} | {sample_s:.2f} | {sample_s / base:.2f} | {decode_s:.2f} | {value:.1f} |")
+    for name, sample_s, decode_s, value, note in rows:
+        lines.append(f"| {name} | {sample_s:.2f} | {sample_s / base:.2f} | {decode_s:.2f} | {value:.1f} | {note} |")
     lines.append(
         f"\n'vs plain' divides by the faster of the two plain runs. Load at end: {__import__('os').getloadavg()}"
     )
