@@ -38,11 +38,7 @@ def attention_heads(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 
 def merge_heads(x: Tensor) -> Tensor:
-    """[B, L, H, Dh] -> [B, L, H·Dh], contiguous (a view when it already is, otherwise one copy)."""
+    """[B, L, H, Dh] -> [B, L, H·Dh]: a view where the memory allows (e.g. token-major SDPA output, which
+    may then be strided over the batch), otherwise one contiguous copy (a head-major output)."""
     b, length, heads, head_dim = x.shape
     return x.reshape(b, length, heads * head_dim)
-
-
-def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """`attention_heads` with the heads merged: q, k, v [B, L, H, Dh] -> [B, L, H·Dh]."""
-    return merge_heads(attention_heads(q, k, v))
