@@ -100,5 +100,6 @@ def test_ruff_clean() -> None:
     assert ruff, "ruff is a test dependency"
     root = SRC.parents[1]
     targets = [str(root / d) for d in ("src", "tests", "benchmarks") if (root / d).exists()]
-    result = subprocess.run([ruff, "check", "--no-cache", *targets], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
+    for command in (["check", "--no-cache"], ["format", "--check", "--no-cache"]):  # lint, then layout
+        result = subprocess.run([ruff, *command, *targets], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr

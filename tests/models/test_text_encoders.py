@@ -67,9 +67,7 @@ def _check_clip(config: CLIPTextConfig, pad: int) -> tuple[float, float]:
     with torch.no_grad():
         out = ours(ids)
         ref = hf(ids, output_hidden_states=True)
-    ref_pooled = (
-        ref.text_embeds if config.project_pooled else ref.last_hidden_state[torch.arange(3), [6, 41, 76]]
-    )
+    ref_pooled = ref.text_embeds if config.project_pooled else ref.last_hidden_state[torch.arange(3), [6, 41, 76]]
     if not config.project_pooled:
         assert _max_diff(ref_pooled, hf.text_model(ids).pooler_output) == 0.0  # HF pooler = our EOS pick
     hidden_diff = _max_diff(out.hidden, ref.hidden_states[-2])

@@ -51,9 +51,7 @@ class CLIPAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, n, _ = x.shape
         # "B N (h d) -> B h N d"
-        q, k, v = (
-            p(x).view(b, n, self.heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj)
-        )
+        q, k, v = (p(x).view(b, n, self.heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # scale 1/sqrt(64)
         return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
 
@@ -158,8 +156,7 @@ class CLIPTextModel(nn.Module):
         """ids [B,N] (N <= 77, each row holding an EOS) -> hidden [B,N,H], pooled [B,P]."""
         if input_ids.ndim != 2 or not 0 < input_ids.shape[1] <= self.config.max_positions:
             raise UserInputError(
-                f"CLIP expects token ids of shape [batch, <= {self.config.max_positions}], "
-                f"got {tuple(input_ids.shape)}"
+                f"CLIP expects token ids of shape [batch, <= {self.config.max_positions}], got {tuple(input_ids.shape)}"
             )
         tm = self.text_model
         x = tm.embeddings(input_ids)

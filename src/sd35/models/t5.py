@@ -24,8 +24,7 @@ from sd35.models.configs import HEAD_DIM, T5Config
 def _reject_fp16(dtype: torch.dtype | None) -> None:
     if dtype == torch.float16:
         raise UserInputError(
-            "the T5 encoder cannot run in float16 (its activations overflow the fp16 range); "
-            "use bfloat16 or float32"
+            "the T5 encoder cannot run in float16 (its activations overflow the fp16 range); use bfloat16 or float32"
         )
 
 
@@ -76,9 +75,7 @@ class T5Attention(nn.Module):
         self.v = nn.Linear(config.d_model, inner, bias=False, **kw)
         self.o = nn.Linear(inner, config.d_model, bias=False, **kw)
         if has_relative_bias:
-            self.relative_attention_bias = nn.Embedding(
-                config.relative_attention_num_buckets, self.heads, **kw
-            )
+            self.relative_attention_bias = nn.Embedding(config.relative_attention_num_buckets, self.heads, **kw)
 
     def forward(self, x: Tensor, position_bias: Tensor) -> Tensor:
         b, n, _ = x.shape
@@ -151,8 +148,7 @@ class T5Stack(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model, device=device, dtype=dtype)
         self.block = nn.ModuleList(
-            T5Block(config, has_relative_bias=i == 0, device=device, dtype=dtype)
-            for i in range(config.num_layers)
+            T5Block(config, has_relative_bias=i == 0, device=device, dtype=dtype) for i in range(config.num_layers)
         )
         self.final_layer_norm = T5LayerNorm(config.d_model, config.layer_norm_eps, device=device, dtype=dtype)
 
@@ -183,9 +179,7 @@ class T5Encoder(nn.Module):
         stack = self.encoder
         _reject_fp16(stack.embed_tokens.weight.dtype)
         if input_ids.ndim != 2 or input_ids.shape[1] == 0:
-            raise UserInputError(
-                f"T5 expects token ids of shape [batch, tokens], got {tuple(input_ids.shape)}"
-            )
+            raise UserInputError(f"T5 expects token ids of shape [batch, tokens], got {tuple(input_ids.shape)}")
         x = stack.embed_tokens(input_ids)
         bias = self.position_bias(input_ids.shape[1], x.device).to(x.dtype)
         for block in stack.block:

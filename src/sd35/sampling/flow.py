@@ -46,4 +46,3 @@ def latent_from_noised(x: Tensor, noise: Tensor, sigma: float | Tensor) -> Tenso
     """Inverse of `noise_latent` for a known noise: latent = (x − σ·noise)/(1 − σ), σ < 1."""
     s = _per_sample(sigma, x)
     return (x - s * noise) / (1.0 - s)
-
