@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -42,10 +42,22 @@ DUAL_CLIP_TYPES = ("sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_i
 UNET_WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
 
 
-def _load(services: Services, found: Found, dtype: torch.dtype) -> Any:
-    """The component of `found` in `dtype`, loaded once per (file, role, dtype) into the store."""
+def _load(
+    services: Services,
+    found: Found,
+    dtype: torch.dtype,
+    *,
+    what: str | None = None,
+    load: Callable[[], Any] | None = None,
+) -> Any:
+    """The component of `found` in `dtype`, loaded once per (file, `what`, dtype) into the store.
+
+    `what` (default: the role) names a variant of the component, e.g. "t5xxl-fp8"; `load()` builds it on a
+    miss (default: `load_found` in `dtype`).
+    """
     path = Path(found.info.path)
-    return services.store.get(path, found.info.component, dtype, lambda: load_found(found, dtype=dtype))
+    build = load if load is not None else lambda: load_found(found, dtype=dtype)
+    return services.store.get(path, what or found.info.component, dtype, build)
 
 
 def _fingerprint(services: Services, kind: str, *names: str) -> Any:
@@ -113,9 +125,9 @@ def text_stack(services: Services, files: dict[str, Path]) -> TextStack:
         role: _load(services, find_component(path, role), dtype) for role, path in files.items() if role != "t5xxl"
     }
     if "t5xxl" in files:  # as `sd35 generate` loads it: fp8 files stay fp8, --t5-fp8 quantizes while loading
-        info, policy = find_component(files["t5xxl"], "t5xxl").info, services.policy
+        found, policy = find_component(files["t5xxl"], "t5xxl"), services.policy
         what = "t5xxl-fp8" if policy.t5_fp8 else "t5xxl"
-        modules["t5xxl"] = services.store.get(files["t5xxl"], what, dtype, lambda: load_t5(info, policy))
+        modules["t5xxl"] = _load(services, found, dtype, what=what, load=lambda: load_t5(found.info, policy))
     clip_l, clip_g, t5 = (modules.get(role) for role in TEXT_ROLES)
     context_dim, pooled_dim = _widths(clip_l, clip_g, t5)
     encoders = TextEncoders(clip_l=clip_l, clip_g=clip_g, t5=t5, context_dim=context_dim, pooled_dim=pooled_dim)
@@ -189,7 +201,7 @@ def unet_loader(services: Services, unet_name: str, weight_dtype: str, **_: Any)
     if weight_dtype in ("fp8_e4m3fn", "fp8_e4m3fn_fast"):
         fast = weight_dtype == "fp8_e4m3fn_fast"
         load = partial(load_with_fp8_linears, found.info, dtype, under="joint_blocks", fp8_compute=fast)
-        network = services.store.get(Path(found.info.path), f"mmditx-{weight_dtype}", dtype, load)
+        network = _load(services, found, dtype, what=f"mmditx-{weight_dtype}", load=load)
     else:
         if weight_dtype != "default":
             log.warning("UNETLoader: weight_dtype %s is not supported; weights stay in the compute dtype", weight_dtype)
