@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_configs, emit, header, peak_rss_mib, write_bench_models  # noqa: E402
+from common import bench_configs, emit, header, mmditx_call, peak_rss_mib, write_bench_models  # noqa: E402
 
 from sd35.loading.load import load_component  # noqa: E402
 from sd35.runtime.compile import compile_blocks  # noqa: E402
@@ -55,9 +55,7 @@ def main() -> None:
         from diffusers import SD3Transformer2DModel
 
         twin = SD3Transformer2DModel.from_pretrained(Path(paths["diffusers"]) / "transformer").eval()
-        forwards["diffusers"] = lambda x, t, y, c: twin(
-            hidden_states=x, timestep=t, pooled_projections=y, encoder_hidden_states=c, return_dict=False
-        )[0]
+        forwards["diffusers"] = mmditx_call(twin)
     times: dict[str, list[float]] = {name: [] for name in forwards}
     with torch.inference_mode():
         start = time.perf_counter()

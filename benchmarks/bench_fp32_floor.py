@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_configs, diffusers_transformer, emit, header  # noqa: E402
+from common import bench_configs, diffusers_transformer, emit, header, mmditx_call  # noqa: E402
 
 from sd35.models.mmditx import MMDiTX  # noqa: E402
 from sd35.nn.init import randomize_  # noqa: E402
@@ -154,16 +154,14 @@ def main() -> None:
             lines.append(f"| F.linear {name}, 2048 rows | {rate:.0f} GFLOP/s{share} |")
         config = bench_configs(args.depth)["mmditx"]
         model = randomize_(MMDiTX(config, device="meta").to_empty(device="cpu"), 0).eval()
-        twin = diffusers_transformer(model)
+        twin = mmditx_call(diffusers_transformer(model))
         g = torch.Generator().manual_seed(1)
         side = args.size // 8
         x, ctx = torch.randn(2, 16, side, side, generator=g), torch.randn(2, 154, 4096, generator=g)
         t, y = torch.full((2,), 500.0), torch.randn(2, 2048, generator=g)
         calls = {
             "sd35": lambda: model(x, t, y, ctx),
-            "diffusers": lambda: twin(
-                hidden_states=x, timestep=t, pooled_projections=y, encoder_hidden_states=ctx, return_dict=False
-            ),
+            "diffusers": lambda: twin(x, t, y, ctx),
         }
         for call in calls.values():
             call()  # warm-up

@@ -26,7 +26,7 @@ from sd35.models.mmditx import MMDiTX
 from sd35.nn.init import randomize_
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import alternate, cpu_model, diffusers_transformer  # noqa: E402
+from common import alternate, cpu_model, diffusers_transformer, mmditx_call  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mmditx.md"
 
@@ -64,9 +64,10 @@ def main() -> None:
     t = torch.rand(args.batch) * 1000
     pooled = torch.randn(args.batch, cfg.adm_in_channels)
     context = torch.randn(args.batch, args.context, cfg.context_in_dim)
+    twin = mmditx_call(theirs)
     calls = {
         "sd35 MMDiTX": lambda: ours(x, t, pooled, context),
-        "diffusers SD3Transformer2DModel": lambda: theirs(x, context, pooled, t, return_dict=False)[0],
+        "diffusers SD3Transformer2DModel": lambda: twin(x, t, pooled, context),
     }
     outputs: dict = {}
     with torch.inference_mode():

@@ -36,6 +36,7 @@ from sd35.nn.init import randomize_
 sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
 from diffusers_twin import diffusers_pipeline as diffusers_pipeline  # noqa: E402
 from diffusers_twin import diffusers_transformer as diffusers_transformer  # noqa: E402
+from diffusers_twin import mmditx_call as mmditx_call  # noqa: E402
 from diffusers_twin import slg_kwargs as slg_kwargs  # noqa: E402
 
 MIB = 2**20

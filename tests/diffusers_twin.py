@@ -8,9 +8,11 @@ module may still `pytest.importorskip("diffusers")` first.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
+from torch import Tensor
 
 from sd35.loading.diffusers_format import transformer_config
 from sd35.models.mmditx import MMDiTX
@@ -47,6 +49,21 @@ def diffusers_pipeline(transformer: SD3Transformer2DModel | None) -> StableDiffu
     return StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), **empty
     )
+
+
+def mmditx_call(twin: SD3Transformer2DModel) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
+    """`twin` called as `MMDiTX.forward(x, timestep, pooled, context)` is: the velocity [B, 16, H, W]."""
+
+    def call(x: Tensor, timestep: Tensor, pooled: Tensor, context: Tensor) -> Tensor:
+        return twin(
+            hidden_states=x,
+            timestep=timestep,
+            pooled_projections=pooled,
+            encoder_hidden_states=context,
+            return_dict=False,
+        )[0]
+
+    return call
 
 
 def slg_kwargs(slg: SkipLayerGuidance | None) -> dict[str, object]:
