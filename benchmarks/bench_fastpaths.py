@@ -25,7 +25,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CLOCKS, bench_configs, clock_and_threads, emit, header, psnr, write_bench_models  # noqa: E402
+from common import (  # noqa: E402
+    CLOCKS,
+    bench_configs,
+    clock_and_threads,
+    emit,
+    header,
+    load_average,
+    psnr,
+    write_bench_models,
+)
 
 from sd35.models.autoencoder import AutoencoderKL  # noqa: E402
 from sd35.models.configs import TINY_MMDITX, TINY_VAE  # noqa: E402
@@ -159,9 +168,7 @@ def main() -> None:  # noqa: PLR0915
     base = min(rows[0][1], rows[-1][1])
     for name, sample_s, decode_s, value, note in rows:
         lines.append(f"| {name} | {sample_s:.2f} | {sample_s / base:.2f} | {decode_s:.2f} | {value:.1f} | {note} |")
-    lines.append(
-        f"\n'vs plain' divides by the faster of the two plain runs. Load at end: {__import__('os').getloadavg()}"
-    )
+    lines.append(f"\n'vs plain' divides by the faster of the two plain runs. Load at end: {load_average()}")
     emit(lines, args.out)
 
 
