@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_configs, diffusers_transformer, emit, header, mmditx_call  # noqa: E402
+from common import alternate, bench_configs, diffusers_transformer, emit, header, mmditx_call  # noqa: E402
 
 from sd35.models.mmditx import MMDiTX  # noqa: E402
 from sd35.nn.init import randomize_  # noqa: E402
@@ -107,12 +107,8 @@ def gemm_rates(rounds: int) -> dict[str, float]:
         "fc2 6144→1536": (6144, 1536),
     }.items():
         x, w, b = torch.randn(2048, k, generator=g), torch.randn(n, k, generator=g) * 0.02, torch.randn(n)
-        times = []
-        for _ in range(rounds + 1):
-            start = time.perf_counter()
-            F.linear(x, w, b)
-            times.append(time.perf_counter() - start)
-        rates[name] = 2 * 2048 * k * n / min(times[1:]) / 1e9
+        times = alternate({name: lambda x=x, w=w, b=b: F.linear(x, w, b)}, rounds)[name]  # after one warm-up
+        rates[name] = 2 * 2048 * k * n / min(times) / 1e9
     return rates
 
 
